@@ -1,0 +1,54 @@
+"""Typed errors. Every error names the input it is about (``.input``) so batch jobs can report per row."""
+from __future__ import annotations
+
+
+class CloudError(Exception):
+    """Base class for cloudlib errors; ``input`` names the offending input (path, id or string)."""
+
+    def __init__(self, message: str, input: object = None):  # noqa: A002 - the word users expect
+        self.input = input
+        super().__init__(f"{input}: {message}" if input is not None else message)
+
+
+class StructureError(CloudError):
+    """A structure that cannot be turned into SCOPE."""
+
+
+class StructureParseError(StructureError):
+    """A file that does not parse into a structure (bad CIF, empty file, unknown format)."""
+
+
+class DisorderedStructureError(StructureError):
+    """Partial occupancy or mixed sites: SCOPE is defined for ordered crystals only."""
+
+
+class UnknownSpeciesError(StructureError):
+    """A dummy species, vacancy or symbol that is not a chemical element."""
+
+
+class OverlappingAtomsError(StructureError):
+    """Two atoms closer than the minimum allowed distance."""
+
+
+class SymmetryError(StructureError):
+    """spglib could not determine the space group."""
+
+
+class BlockSizeError(CloudError, ValueError):
+    """A token sequence longer than the model's block size, with truncation off."""
+
+
+class DataError(CloudError):
+    """Problems obtaining or validating a dataset."""
+
+
+class ChecksumError(DataError):
+    """A downloaded or cached file whose sha256 differs from the registry's."""
+
+
+class DataUnavailableError(DataError):
+    """No source (cache, canonical URL, mirror) could provide a dataset."""
+
+
+class InvalidTargetError(DataError, ValueError):
+    """A NaN/inf or otherwise unusable target value."""

@@ -1,0 +1,46 @@
+"""Atomic writes and small file helpers."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_bytes(path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def write_json(path, obj, **kw) -> Path:
+    kw.setdefault("indent", 2)
+    return write_text(path, json.dumps(obj, **kw) + "\n")
+
+
+def write_csv(path, df, **kw) -> Path:
+    """Atomically write a DataFrame as CSV (gzip when the name ends in .gz)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, compression="gzip" if path.suffix == ".gz" else None, **kw)
+    return path

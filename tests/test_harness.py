@@ -1,0 +1,62 @@
+"""The harness: pyproject vs environment.yml, notebook hygiene, profile parameter files."""
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cloudlib import paths, runner
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_environment_yml_agrees_with_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["test"])
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert set(pip) - {"-e ."} == wanted
+    python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
+    assert python == "python=3.11"
+
+
+@pytest.mark.parametrize("nb", runner.notebooks(ROOT), ids=lambda p: p.name)
+def test_notebook_hygiene(nb):
+    cells = json.loads(nb.read_text())["cells"]
+    params = runner.notebook_parameters(nb)  # exactly one literal-only parameters cell
+    assert params["profile"] == "smoke"
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "strip outputs"
+    assert cells[0]["cell_type"] == "markdown"
+    assert "import cloudlib" in "".join("".join(c["source"]) for c in code) or "from cloudlib" in "".join(
+        "".join(c["source"]) for c in code
+    )
+
+
+@pytest.mark.parametrize("profile", paths.PROFILES)
+def test_profiles_name_real_parameters(profile):
+    overrides = runner.profile_parameters(profile, ROOT)
+    nbs = {nb.stem: nb for nb in runner.notebooks(ROOT)}
+    assert set(overrides) <= set(nbs)
+    for stem, values in overrides.items():
+        assert set(values or {}) <= set(runner.notebook_parameters(nbs[stem])), (profile, stem)
+    if profile != "smoke":
+        assert set(overrides) == set(nbs), f"{profile} must configure every notebook"
+
+
+def test_parameters_cell_rejects_code(tmp_path):
+    nb = {"cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "x = len([1])\n"}]}
+    path = tmp_path / "01_x.ipynb"
+    path.write_text(json.dumps(nb))
+    with pytest.raises(ValueError):
+        runner.notebook_parameters(path)
+
+
+def test_ci_runs_the_readme_commands():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "bash scripts/run_all.sh" in readme and "bash scripts/test.sh" in readme
+    assert "bash scripts/test.sh" in ci
