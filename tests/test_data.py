@@ -1,0 +1,157 @@
+"""Data layer: verified fetching (loopback HTTP server, mirror fallback, corruption), MatBench, corpus."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import threading
+
+import pytest
+from conftest import need
+
+from cloudlib import data
+from cloudlib.data import REGISTRY, Dataset, fetch
+from cloudlib.errors import ChecksumError, DataUnavailableError
+
+PAYLOAD = b"scope,n\n1 6 a | 4a 4b | Na 0.5 Cl 0.5,1.5\n"
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+@pytest.fixture()
+def server(tmp_path):
+    """A loopback HTTP server serving tmp_path/www; yields its base URL."""
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "good.csv").write_bytes(PAYLOAD)
+    (www / "corrupt.csv").write_bytes(PAYLOAD[:-3] + b"9.9")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a, **k: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture()
+def sandbox(tmp_path, monkeypatch):
+    """Private cache and mirror; no $CLOUD_OFFLINE."""
+    monkeypatch.setenv("CLOUD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CLOUD_OFFLINE", raising=False)
+    monkeypatch.setenv("CLOUD_DOWNLOAD_TIMEOUT", "5")
+    mirror = tmp_path / "mirror"
+    (mirror / "test").mkdir(parents=True)
+    monkeypatch.setenv("CLOUD_DATA_MIRROR", str(mirror))
+    return tmp_path
+
+
+def _register(monkeypatch, url, name="test/file.csv", sha=SHA):
+    monkeypatch.setitem(REGISTRY, name, Dataset(name, sha, url))
+    return name
+
+
+def test_download_is_verified_and_cached(server, sandbox, monkeypatch):
+    name = _register(monkeypatch, f"{server}/good.csv")
+    path = fetch(name)
+    assert path == sandbox / "cache" / name and path.read_bytes() == PAYLOAD
+    # second call served from cache: point the URL somewhere dead and it still works
+    _register(monkeypatch, f"{server}/missing.csv")
+    assert fetch(name).read_bytes() == PAYLOAD
+    # a corrupted cache entry is detected and fetched again
+    path.write_bytes(b"bit rot")
+    _register(monkeypatch, f"{server}/good.csv")
+    assert fetch(name).read_bytes() == PAYLOAD
+
+
+def test_corrupted_download_names_file_and_both_hashes(server, sandbox, monkeypatch):
+    name = _register(monkeypatch, f"{server}/corrupt.csv")
+    bad_sha = hashlib.sha256((sandbox / "www" / "corrupt.csv").read_bytes()).hexdigest()
+    with pytest.raises(ChecksumError) as info:
+        fetch(name)
+    msg = str(info.value)
+    assert name in msg and SHA in msg and bad_sha in msg
+    assert not (sandbox / "cache" / name).exists()  # nothing half-written stays behind
+
+
+def test_unreachable_url_falls_back_to_mirror(server, sandbox, monkeypatch):
+    name = _register(monkeypatch, f"{server}/missing.csv")  # 404
+    (sandbox / "mirror" / name).write_bytes(PAYLOAD)
+    path = fetch(name)
+    assert path == sandbox / "mirror" / name  # read in place, never copied
+    assert not (sandbox / "cache" / name).exists()
+
+
+def test_corrupted_mirror_file_raises(sandbox, monkeypatch):
+    name = _register(monkeypatch, "http://127.0.0.1:9/nothing-listens-here.csv")
+    (sandbox / "mirror" / name).write_bytes(b"tampered")
+    with pytest.raises(ChecksumError, match=f"expected {SHA}"):
+        fetch(name)
+
+
+def test_nothing_reachable(sandbox, monkeypatch):
+    name = _register(monkeypatch, "http://127.0.0.1:9/nothing-listens-here.csv")
+    with pytest.raises(DataUnavailableError, match=r"test/file.csv: no source could provide it.*mirror"):
+        fetch(name)
+    monkeypatch.setenv("CLOUD_OFFLINE", "1")
+    with pytest.raises(DataUnavailableError, match="CLOUD_OFFLINE"):
+        fetch(name)
+    with pytest.raises(KeyError, match="unknown dataset"):
+        fetch("no/such/file.csv")
+
+
+def test_registry_entries_are_complete():
+    for name, ds in REGISTRY.items():
+        assert len(ds.sha256) == 64 and ds.licence and ds.description, name
+        assert (ds.url is None) != (ds.archive is None), name
+        if ds.archive:
+            assert ds.member and ds.archive_url.endswith(ds.archive) and len(ds.archive_sha256) == 64
+        else:
+            assert "/" + ds.url.rsplit("/", 1)[1].split(".")[0] in "/" + name or "perov_5" in name, name
+
+
+def test_every_registry_file_is_reachable_and_verified():
+    for name in REGISTRY:
+        assert need(name).stat().st_size > 0
+
+
+def test_matbench_dielectric_and_official_split(dielectric_structures):
+    df = dielectric_structures
+    assert df.shape == (4764, 2) and list(df.columns) == ["structure", "n"]
+    assert df.index[0] == "mb-dielectric-0001" and df.index[-1] == "mb-dielectric-4764"
+    assert (df["n"] >= 1).all()
+    mad = (df["n"] - df["n"].mean()).abs().mean()  # MatBench's own metadata pins the data down
+    assert mad == pytest.approx(data.matbench_metadata("matbench_dielectric")["mad"], rel=1e-9)
+    folds = [data.matbench_split("matbench_dielectric", f) for f in range(5)]
+    tests = [set(t) for _, t in folds]
+    assert sum(map(len, tests)) == 4764 and set().union(*tests) == set(df.index)  # folds partition the data
+    for train, test in folds:
+        assert not set(train) & set(test) and len(train) + len(test) == 4764
+    assert len(folds[0][0]) == 3811 and len(folds[0][1]) == 953
+    assert data.matbench_metadata("matbench_dielectric")["target"] == "n"
+    with pytest.raises(KeyError, match="fold_5"):
+        data.matbench_split("matbench_dielectric", 5)
+
+
+def test_other_matbench_tasks_fail_clearly_offline(monkeypatch):
+    monkeypatch.setattr(data, "_matbench_from_matminer", lambda task: (_ for _ in ()).throw(OSError("no network")))
+    with pytest.raises(DataUnavailableError, match="matbench_log_gvrh.*no network"):
+        data.load_matbench("matbench_log_gvrh")
+
+
+def test_corpus_sources_and_provenance(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLOUD_HOME", str(tmp_path))  # derived files go to a scratch tree
+    corpus, table = data.load_pretraining_corpus(limit=25, progress=False)
+    sources = set(data.corpus_sources())
+    assert set(table.index) == sources | {"total (deduplicated)"}
+    body = table.drop(index="total (deduplicated)")
+    if (body["note"] != "").any() and __import__("os").environ.get("CI"):
+        pytest.fail(f"a corpus source was unavailable under CI: {body['note'].to_dict()}")
+    assert (body["structures"] == 25).all() and (body["ok"] >= 20).all()
+    assert table.loc["total (deduplicated)", "unique"] == len(corpus) == corpus["count"].ge(1).sum()
+    assert body["new unique"].sum() == len(corpus)
+    assert set(corpus["source"]) <= sources
+    assert all(" | " in s and len(s.split(" | ")) == 3 for s in corpus.index)
+    # second call reads the cache
+    again, _ = data.load_pretraining_corpus(limit=25, progress=False)
+    assert again.equals(corpus)
