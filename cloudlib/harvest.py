@@ -1,0 +1,525 @@
+"""Harvest crystal structures from an OPTIMADE provider and turn them into SCOPE strings.
+
+The CLOUD corpus (6.3 M crystals) was collected by paging through the ``/structures`` endpoint of
+OPTIMADE providers. :func:`harvest` does that for one provider (one base URL) and one filter:
+
+* it asks only for the fields needed to rebuild a structure (:data:`RESPONSE_FIELDS`), follows
+  ``links.next`` page by page, converts each entry with the ``optimade`` package's own pymatgen
+  adapter (:func:`entry_to_structure`) and then to SCOPE with :func:`cloudlib.scope.structure_to_scope`;
+* every page is written atomically to ``out_dir`` as ``part-NNNNNN.csv.gz`` (columns
+  :data:`COLUMNS`) and only afterwards ``state.json`` is replaced with the next URL and the counts.
+  A rerun with the same ``out_dir`` continues from the saved next URL, so an interrupted harvest
+  loses at most the page it was working on and never duplicates rows (a part left by a crash
+  between the two writes is simply rewritten). A finished harvest re-run makes no request and
+  returns the same table;
+* entries that cannot become SCOPE (disorder or assemblies in ``structure_features``, vacancies or
+  non-element species, overlapping atoms, spglib failures, malformed entries) are kept as rows whose
+  ``scope`` is empty and whose ``error`` reads ``"ErrorClass: message"``; nothing is dropped.
+
+Why not ``optimade.client.OptimadeClient``? It can target an arbitrary base URL (loopback too) and
+can start from a given URL (``get_one(..., override_url=...)``), but as of optimade 1.5.0 it keeps
+all pages of a provider in memory (``QueryResults``), ``get_one`` turns every exception into a
+string in ``results.errors`` (no typed errors for an unreachable or non-OPTIMADE server), a
+per-page callback cannot stop the loop or make its own failure fatal, and its retry counter is
+reset on every iteration. Persisting page + next URL atomically is therefore done here with plain
+``requests`` against the OPTIMADE JSON:API; the package is still used for filter validation
+(``optimade.filterparser.LarkParser``) and for the entry -> pymatgen conversion.
+
+Errors: :class:`~cloudlib.errors.DataUnavailableError` (naming the URL) when the server cannot be
+reached or keeps failing; :class:`OptimadeResponseError` when it answers with something that is not
+an OPTIMADE response (HTML, JSON without ``data``/``meta``, an entry without ``id``, HTTP 4xx);
+:class:`InvalidFilterError` for a filter the OPTIMADE grammar rejects (checked before any request).
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import pandas as pd
+
+from .errors import (
+    DataError,
+    DataUnavailableError,
+    DisorderedStructureError,
+    StructureError,
+    StructureParseError,
+    UnknownSpeciesError,
+)
+from .io import write_csv, write_json
+from .scope import VARIANTS, structure_to_scope
+
+__all__ = [
+    "COLUMNS",
+    "RESPONSE_FIELDS",
+    "InvalidFilterError",
+    "OptimadeResponseError",
+    "entry_to_structure",
+    "harvest",
+    "load_harvest",
+    "structures_url",
+]
+
+#: Columns of every part file and of the table :func:`harvest` returns.
+COLUMNS = ["id", "provider", "chemical_formula_reduced", "scope", "error"]
+
+#: The ``response_fields`` requested: what the optimade pymatgen adapter needs, the fields used to
+#: reject disorder up front, and the formula kept as a label.
+RESPONSE_FIELDS = (
+    "lattice_vectors",
+    "cartesian_site_positions",
+    "species",
+    "species_at_sites",
+    "structure_features",
+    "chemical_formula_reduced",
+    "nsites",
+    "dimension_types",
+    "nperiodic_dimensions",
+)
+
+DEFAULT_PAGE_LIMIT = 100
+DEFAULT_TIMEOUT = 60.0
+STATE_FILE = "state.json"
+STATE_FORMAT = 1
+
+_VERSION_SEGMENT = re.compile(r"^v\d+(\.\d+){0,2}$")
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+class OptimadeResponseError(DataError):
+    """The server answered, but not with a usable OPTIMADE response."""
+
+
+class InvalidFilterError(DataError, ValueError):
+    """A filter string that the OPTIMADE filter grammar rejects."""
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def structures_url(base_url: str) -> str:
+    """``{base}/v1/structures`` for a provider base URL.
+
+    A base URL that already ends in a version segment (``/v1``, ``/v1.2``) is used as is, and a
+    trailing ``/structures`` is accepted too, so ``https://x.org/optimade``,
+    ``https://x.org/optimade/v1`` and ``https://x.org/optimade/v1/structures`` all work.
+    """
+    url = str(base_url).strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"base_url must not carry a query or fragment, got {base_url!r}; use filter=")
+    url = url.rstrip("/")
+    if url.endswith("/structures"):
+        url = url[: -len("/structures")]
+    if not _VERSION_SEGMENT.match(url.rsplit("/", 1)[-1]):
+        url += "/v1"
+    return url + "/structures"
+
+
+def _first_page_url(endpoint: str, filter: str | None, page_limit: int) -> str:
+    params: dict[str, Any] = {}
+    if filter:
+        params["filter"] = filter
+    params["response_fields"] = ",".join(RESPONSE_FIELDS)
+    params["page_limit"] = int(page_limit)
+    return f"{endpoint}?{urlencode(params)}"
+
+
+def _check_filter(filter: str | None) -> None:
+    if not filter:
+        return
+    from optimade.exceptions import BadRequest
+    from optimade.filterparser import LarkParser
+
+    try:
+        LarkParser().parse(filter)
+    except BadRequest as exc:
+        raise InvalidFilterError(f"not a valid OPTIMADE filter: {exc.detail}", filter) from None
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def _connect_failed(exc: Exception) -> bool:
+    """True when no connection could be opened at all (refused, DNS failure, connect timeout)."""
+    import requests
+    import urllib3
+
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, urllib3.exceptions.NewConnectionError):
+            return True
+        reason = getattr(exc, "reason", None)
+        nxt = reason if isinstance(reason, BaseException) else None
+        if nxt is None and exc.args and isinstance(exc.args[0], BaseException):
+            nxt = exc.args[0]
+        exc = nxt or exc.__cause__ or exc.__context__
+    return False
+
+
+def _error_detail(response) -> str:
+    try:
+        errors = response.json().get("errors") or []
+        text = "; ".join(f"{e.get('title', '')}: {e.get('detail', '')}".strip(": ") for e in errors)
+    except Exception:
+        text = ""
+    return text or response.text[:300].strip()
+
+
+def _get_page(session, url: str, timeout: float, retries: int, backoff: float) -> dict:
+    """GET one OPTIMADE page and return its JSON document (validated shape).
+
+    Retries HTTP 429/5xx, read timeouts and dropped connections ``retries`` times with exponential
+    backoff (honouring ``meta.request_delay``/``Retry-After`` up to 30 s). A server that cannot be
+    connected to at all fails at once: the harvest state is on disk, so rerunning resumes.
+    """
+    import requests
+
+    last: str = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(min(backoff * 2 ** (attempt - 1), 30.0))
+        try:
+            response = session.get(url, timeout=timeout, headers={"Accept": "application/vnd.api+json, application/json"})
+        except requests.exceptions.RequestException as exc:
+            if _connect_failed(exc):
+                raise DataUnavailableError(f"cannot connect to the OPTIMADE server ({type(exc).__name__})", url) from exc
+            last = f"{type(exc).__name__}: {exc}"
+            continue
+        if response.status_code in _RETRY_STATUS:
+            last = f"HTTP {response.status_code}: {_error_detail(response)}"
+            retry_after = response.headers.get("Retry-After", "")
+            if retry_after.isdigit() and attempt < retries:
+                time.sleep(min(float(retry_after), 30.0))
+            continue
+        if response.status_code != 200:
+            raise OptimadeResponseError(
+                f"HTTP {response.status_code} instead of an OPTIMADE page: {_error_detail(response)}", url
+            )
+        try:
+            doc = response.json()
+        except ValueError:
+            ctype = response.headers.get("Content-Type", "?")
+            raise OptimadeResponseError(
+                f"response is not JSON (Content-Type {ctype}): {response.text[:120]!r}", url
+            ) from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("data"), list) or not isinstance(doc.get("meta"), dict):
+            keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
+            raise OptimadeResponseError(f"not an OPTIMADE entry listing (needs 'data' list and 'meta'; got {keys})", url)
+        return doc
+    raise DataUnavailableError(f"OPTIMADE server kept failing after {retries + 1} attempts ({last})", url)
+
+
+def _next_url(doc: dict, url: str) -> str | None:
+    links = doc.get("links") or {}
+    if not isinstance(links, dict):
+        raise OptimadeResponseError(f"'links' is {type(links).__name__}, expected an object", url)
+    nxt = links.get("next")
+    if isinstance(nxt, dict):
+        nxt = nxt.get("href")
+    if nxt is not None and not isinstance(nxt, str):
+        raise OptimadeResponseError(f"links.next is {type(nxt).__name__}, expected a URL", url)
+    return urljoin(url, nxt) if nxt else None  # absolute per JSON:API; tolerate relative links
+
+
+# --------------------------------------------------------------------------- entries
+
+
+def entry_to_structure(entry: dict):
+    """pymatgen ``Structure`` of one OPTIMADE structure entry (a JSON:API resource dict).
+
+    Uses ``optimade.adapters.Structure(entry).as_pymatgen``. Raises a
+    :class:`~cloudlib.errors.StructureError` subclass for disorder/assemblies, vacancies,
+    non-element species, missing geometry, entries the OPTIMADE model rejects and non-periodic
+    entries (which the adapter turns into a ``Molecule``).
+    """
+    from optimade.adapters import Structure as OptimadeStructure
+    from pymatgen.core import Element, Structure
+
+    name = entry.get("id")
+    attrs = entry.get("attributes")
+    if not isinstance(attrs, dict):
+        raise StructureParseError("entry has no attributes", name)
+    features = attrs.get("structure_features") or []
+    flagged = [f for f in ("disorder", "assemblies") if f in features]
+    if flagged:
+        raise DisorderedStructureError(f"structure_features lists {', '.join(flagged)}; SCOPE needs an ordered crystal", name)
+    if attrs.get("assemblies"):
+        raise DisorderedStructureError("entry has assemblies; SCOPE needs an ordered crystal", name)
+    missing = [f for f in ("lattice_vectors", "cartesian_site_positions", "species_at_sites") if attrs.get(f) is None]
+    if missing:
+        raise StructureParseError(f"entry lacks {', '.join(missing)}", name)
+    for sp in attrs.get("species") or []:
+        symbols = list(sp.get("chemical_symbols") or [])
+        conc = list(sp.get("concentration") or [])
+        if len(symbols) != 1 or "vacancy" in symbols or any(abs(float(c) - 1.0) > 1e-6 for c in conc):
+            raise DisorderedStructureError(
+                f"species {sp.get('name')!r} is {symbols} with concentration {conc}; SCOPE needs an ordered crystal", name
+            )
+        if not Element.is_valid_symbol(symbols[0]):
+            raise UnknownSpeciesError(f"species {sp.get('name')!r} is {symbols[0]!r}, which is not a chemical element", name)
+
+    # The OPTIMADE model requires last_modified (nullable); we do not ask for it.
+    resource = {
+        "id": str(name),
+        "type": entry.get("type") or "structures",
+        "attributes": {"last_modified": None, **attrs},
+    }
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structure = OptimadeStructure(resource).as_pymatgen
+    except Exception as exc:  # pydantic ValidationError, KeyError/IndexError on inconsistent sites
+        text = " ".join(str(exc).split())[:400]
+        raise StructureParseError(f"entry does not convert to a structure ({type(exc).__name__}: {text})", name) from exc
+    if not isinstance(structure, Structure):
+        raise StructureError(
+            f"entry is not a periodic crystal (dimension_types={attrs.get('dimension_types')}, "
+            f"adapter returned {type(structure).__name__})",
+            name,
+        )
+    return structure
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _entry_row(entry: dict, provider: str, variant: str) -> dict:
+    attrs = entry.get("attributes") if isinstance(entry.get("attributes"), dict) else {}
+    row = {
+        "id": str(entry["id"]),
+        "provider": provider,
+        "chemical_formula_reduced": attrs.get("chemical_formula_reduced") or "",
+        "scope": "",
+        "error": "",
+    }
+    try:
+        row["scope"] = structure_to_scope(entry_to_structure(entry), variant=variant)
+    except Exception as exc:  # StructureError subclasses mostly; keep going on anything, but say what
+        row["error"] = _error_text(exc)
+    return row
+
+
+def _page_rows(doc: dict, url: str, provider: str, variant: str) -> pd.DataFrame:
+    rows = []
+    for i, entry in enumerate(doc["data"]):
+        if not isinstance(entry, dict) or entry.get("id") in (None, ""):
+            raise OptimadeResponseError(f"data[{i}] has no 'id' (every OPTIMADE entry must have one)", url)
+        rows.append(_entry_row(entry, provider, variant))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+# --------------------------------------------------------------------------- state & parts
+
+
+def _part_name(index: int) -> str:
+    return f"part-{index:06d}.csv.gz"
+
+
+def _read_part(path: Path) -> pd.DataFrame:
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    return df.reindex(columns=COLUMNS, fill_value="")
+
+
+def load_harvest(out_dir: str | Path) -> pd.DataFrame:
+    """The table harvested so far in ``out_dir`` (complete pages only, duplicates by id removed).
+
+    Columns :data:`COLUMNS`, all strings; ``scope`` is ``""`` where ``error`` says why it failed.
+    """
+    out_dir = Path(out_dir)
+    state_path = out_dir / STATE_FILE
+    if not state_path.is_file():
+        raise DataError("no harvest state here (state.json missing)", str(out_dir))
+    state = json.loads(state_path.read_text())
+    return _load_parts(out_dir, state)
+
+
+def _load_parts(out_dir: Path, state: dict) -> pd.DataFrame:
+    frames = []
+    for i in range(int(state["pages"])):
+        path = out_dir / _part_name(i)
+        if not path.is_file():
+            raise DataError(f"harvest part {path.name} is missing although state.json counts {state['pages']} pages", str(out_dir))
+        frames.append(_read_part(path))
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=str) for c in COLUMNS})
+    df = pd.concat(frames, ignore_index=True)
+    return df.drop_duplicates("id", keep="first").reset_index(drop=True)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _new_state(endpoint: str, filter: str | None, variant: str, page_limit: int) -> dict:
+    return {
+        "format": STATE_FORMAT,
+        "endpoint": endpoint,
+        "filter": filter or "",
+        "variant": variant,
+        "page_limit": int(page_limit),
+        "response_fields": list(RESPONSE_FIELDS),
+        "provider": None,
+        "next_url": _first_page_url(endpoint, filter, page_limit),
+        "pages": 0,
+        "rows": 0,
+        "n_scope": 0,
+        "n_failed": 0,
+        "data_returned": None,
+        "complete": False,
+        "started": _now(),
+        "updated": _now(),
+    }
+
+
+def _load_state(out_dir: Path, endpoint: str, filter: str | None, variant: str, page_limit: int) -> dict:
+    path = out_dir / STATE_FILE
+    if not path.is_file():
+        return _new_state(endpoint, filter, variant, page_limit)
+    try:
+        state = json.loads(path.read_text())
+    except ValueError as exc:
+        raise DataError(f"state.json is unreadable ({exc}); delete the folder to start over", str(out_dir)) from exc
+    theirs = (state.get("endpoint"), state.get("filter") or "", state.get("variant"))
+    ours = (endpoint, filter or "", variant)
+    if theirs != ours:
+        raise DataError(
+            f"folder holds another harvest (endpoint, filter, variant) = {theirs}, not {ours}; use another out_dir",
+            str(out_dir),
+        )
+    return state
+
+
+def _provider_name(doc: dict, endpoint: str) -> str:
+    provider = (doc.get("meta") or {}).get("provider")
+    if isinstance(provider, dict) and provider.get("prefix"):
+        return str(provider["prefix"])
+    return urlsplit(endpoint).netloc
+
+
+# --------------------------------------------------------------------------- main entry point
+
+
+def harvest(
+    base_url: str,
+    out_dir: str | Path,
+    filter: str | None = None,  # noqa: A002 - the OPTIMADE parameter name
+    page_limit: int = DEFAULT_PAGE_LIMIT,
+    max_structures: int | None = None,
+    variant: str = "reduced",
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: bool = True,
+    retries: int = 3,
+    backoff: float = 2.0,
+) -> pd.DataFrame:
+    """Harvest ``{base_url}/v1/structures`` (optionally filtered) into SCOPE strings, resumably.
+
+    Parameters:
+        base_url: provider base URL (``https://host/path``; ``/v1`` or ``/v1/structures`` may be included).
+        out_dir: folder for ``part-NNNNNN.csv.gz`` files and ``state.json``; rerunning with the same
+            folder resumes (same ``base_url``, ``filter`` and ``variant`` required).
+        filter: OPTIMADE filter, e.g. ``'elements HAS "Si"'`` or ``"nelements=2"``; validated locally
+            with the OPTIMADE grammar before any request.
+        page_limit: entries requested per page (the server may cap it). On resume the saved next URL,
+            and so the page size it carries, wins.
+        max_structures: stop at the first page boundary where at least this many rows are on disk
+            (whole pages are kept, so up to ``page_limit - 1`` more may be returned). A later call
+            with a larger value, or ``None``, continues where this one stopped.
+        variant: SCOPE variant passed to :func:`cloudlib.scope.structure_to_scope`.
+        timeout: seconds per HTTP request (connect and read).
+        progress: show a tqdm bar (total = ``meta.data_returned`` when the server reports it).
+        retries, backoff: retries of HTTP 429/5xx/read failures per page, with exponential backoff
+            starting at ``backoff`` seconds. Connection refused/DNS failure is not retried.
+
+    Returns:
+        DataFrame with columns :data:`COLUMNS` (all strings, RangeIndex; ids are not unique across
+        providers, so they are a column), one row per entry the server returned, in server order,
+        duplicates by id removed. Failed entries have ``scope == ""`` and ``error`` set.
+
+    Raises:
+        DataUnavailableError: the server cannot be reached or keeps failing (names the URL).
+        OptimadeResponseError: the server's answer is not an OPTIMADE response.
+        InvalidFilterError: ``filter`` is not valid OPTIMADE filter syntax.
+        DataError: ``out_dir`` holds a different harvest or a damaged state.
+    """
+    import requests
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if int(page_limit) < 1:
+        raise ValueError(f"page_limit must be >= 1, got {page_limit}")
+    if max_structures is not None and max_structures < 0:
+        raise ValueError(f"max_structures must be >= 0 or None, got {max_structures}")
+    endpoint = structures_url(base_url)
+    _check_filter(filter)
+    out_dir = Path(out_dir)
+    state = _load_state(out_dir, endpoint, filter, variant, page_limit)
+
+    def budget_left() -> bool:
+        return max_structures is None or state["rows"] < max_structures
+
+    if state["complete"] or not state["next_url"] or not budget_left():
+        return _load_parts(out_dir, state)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=state["data_returned"], initial=state["rows"], unit="struct", desc=f"harvest {urlsplit(endpoint).netloc}")
+    visited: set[str] = set()
+    try:
+        with requests.Session() as session:
+            while state["next_url"] and budget_left():
+                url = state["next_url"]
+                visited.add(url)
+                doc = _get_page(session, url, timeout, retries, backoff)
+                meta = doc["meta"]
+                if state["provider"] is None:
+                    state["provider"] = _provider_name(doc, endpoint)
+                if state["data_returned"] is None and isinstance(meta.get("data_returned"), int):
+                    state["data_returned"] = meta["data_returned"]
+                    if bar is not None:
+                        bar.total = state["data_returned"]
+                        bar.refresh()
+                nxt = _next_url(doc, url)
+                if nxt in visited:  # checked before writing, so a loop never duplicates a page
+                    raise OptimadeResponseError(f"links.next points back to a page already fetched ({nxt})", url)
+                if not doc["data"]:
+                    nxt = None  # an empty page ends the listing, whatever links.next says
+                if doc["data"]:
+                    rows = _page_rows(doc, url, state["provider"], variant)
+                    write_csv(out_dir / _part_name(state["pages"]), rows, index=False)
+                    n_ok = int((rows["error"] == "").sum())
+                    state["pages"] += 1
+                    state["rows"] += len(rows)
+                    state["n_scope"] += n_ok
+                    state["n_failed"] += len(rows) - n_ok
+                    if bar is not None:
+                        bar.update(len(rows))
+                state["next_url"] = nxt
+                state["complete"] = nxt is None
+                state["updated"] = _now()
+                write_json(out_dir / STATE_FILE, state)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    table = _load_parts(out_dir, state)
+    expected = state["data_returned"]
+    if state["complete"] and expected is not None and len(table) != expected:
+        warnings.warn(
+            f"{endpoint}: harvested {len(table)} unique entries but the server reported data_returned={expected}",
+            stacklevel=2,
+        )
+    return table
