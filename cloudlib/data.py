@@ -459,7 +459,7 @@ def corpus_sources() -> dict[str, callable]:
 
         raw = files("pymatgen.analysis.prototypes").joinpath("aflow_prototypes.json.gz").read_bytes()
         protos = json.loads(gzip.decompress(raw))
-        return {f"aflow:{p['tags']['aflow']}": p["snl"] for p in protos}
+        return {f"aflow:{i}:{p['tags']['aflow']}": p["snl"] for i, p in enumerate(protos)}  # labels repeat
 
     def perov():
         out = {}
@@ -493,6 +493,8 @@ def corpus_sources() -> dict[str, callable]:
 
 
 STRING_SOURCES = {"cloud_10k"}
+#: Part of the corpus cache's file name: bump it whenever a loader or SCOPE itself changes output.
+CORPUS_VERSION = 2
 
 
 def build_corpus(
@@ -562,7 +564,8 @@ def load_pretraining_corpus(
     from .io import write_csv
 
     key = "all" if sources is None else "-".join(sources)
-    stem = paths.derived_dir() / f"corpus_{key}_{'full' if limit is None else f'limit{limit}'}"
+    size = "full" if limit is None else f"limit{limit}"
+    stem = paths.derived_dir() / f"corpus-v{CORPUS_VERSION}_{key}_{size}"
     rows_path, table_path = Path(f"{stem}_rows.csv.gz"), Path(f"{stem}_table.csv")
     if refresh or not (rows_path.exists() and table_path.exists()):
         rows, table = build_corpus(sources, jobs=jobs, limit=limit, progress=progress)

@@ -61,6 +61,7 @@ def run(profile: str = "laptop", only: list[str] | None = None, kernel: str = "p
         nbs = [nb for nb in nbs if any(nb.stem.startswith(o) for o in only)]
     _, results = paths.output_dirs(profile)
     executed = results / "executed"
+    executed.mkdir(parents=True, exist_ok=True)
     report = {"profile": profile, "notebooks": {}}
     t_all = time.perf_counter()
     for nb in nbs:

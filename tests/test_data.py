@@ -155,3 +155,19 @@ def test_corpus_sources_and_provenance(tmp_path, monkeypatch):
     # second call reads the cache
     again, _ = data.load_pretraining_corpus(limit=25, progress=False)
     assert again.equals(corpus)
+
+
+def test_every_corpus_source_keeps_every_crystal():
+    """Loader ids must be unique: a repeated key would silently drop crystals (AFLOW labels repeat)."""
+    documented = {
+        "cloud_10k": 10000, "matbench_dielectric": 4764, "matminer_flla_2015": 3938,
+        "matminer_elastic_tensor": 1181, "matminer_dielectric_constant": 1056,
+        "pymatgen_aflow_prototypes": 288, "cdvae_perov_5": 3787 + 3785,
+        "matcalc_mp_elasticity": 3953, "matcalc_wbm": 972,
+    }
+    loaders = data.corpus_sources()
+    assert set(loaders) == set(documented)
+    for name, loader in loaders.items():
+        from conftest import need_call
+
+        assert len(need_call(loader)) == documented[name], name
