@@ -171,3 +171,15 @@ def test_every_corpus_source_keeps_every_crystal():
         from conftest import need_call
 
         assert len(need_call(loader)) == documented[name], name
+
+
+def test_splits_agree_with_matbench_itself():
+    """matbench 0.6 (installed --no-deps) initialises with current matminer and holds the same folds."""
+    from matbench.bench import MatbenchBenchmark
+
+    mb = MatbenchBenchmark(autoload=False, subset=["matbench_dielectric"])
+    task = mb.matbench_dielectric
+    for fold in range(5):
+        train, test = data.matbench_split("matbench_dielectric", fold)
+        key = task.folds_keys[fold]
+        assert list(task.validation[key].train) == train and list(task.validation[key].test) == test
