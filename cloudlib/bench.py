@@ -2,6 +2,7 @@
 
     python -m cloudlib.bench scope [--n 1000] [--repeats 3]      # SCOPE + tokenizer
     python -m cloudlib.bench tokenizer [--n 10000]
+    python -m cloudlib.bench pretrain [--model mini] [--batch-size 128] [--steps 20] [--repeats 3]
 
 ``scope`` times, on the same structures in one process (first N of matbench_dielectric):
 
@@ -14,6 +15,25 @@
 
 Each method runs ``repeats`` times, interleaved; the best time counts. Outputs must be identical.
 ``tokenizer`` times padded int64 id tensors from raw strings with the authors' vocabulary format.
+
+``pretrain`` times MLM training steps at one model size and batch size on the same real SCOPE strings
+(``cloud/pretrain_cloud_10k.csv``), both models built from the same BertConfig, seed and weights, both in
+train mode (same dropout), both stepped by the same AdamW (``make_optimizer``, same lr) with gradient
+clipping at 1.0 (the HF Trainer default, and train.py's):
+
+* **authors** — the CLOUD repository's pipeline: every string tokenized on its own, as their
+  ``PretrainDataset.__getitem__`` does (``padding="max_length", max_length=64, truncation=True,
+  return_tensors="pt"``), batched by ``transformers.DataCollatorForLanguageModeling(mlm_probability=0.15)``,
+  loss from ``BertForMaskedLM(input_ids, attention_mask, labels)`` (full-vocabulary head on all 64 positions);
+* **cloudlib** — train.py's step: ids encoded once, length-bucketed batches (``epoch_batches``) trimmed to
+  their longest row (``Encoded.batch``), ``mask_tokens``, ``MaskedLMLoss`` (head on masked positions only).
+
+Both setups take the same batches of strings (grouping does not change the authors' cost: every row is 64).
+A step's clock covers batch preparation (tokenize/collate resp. slice/mask, in the main process as with
+``dataloader_num_workers=0``) and forward + backward + clip + AdamW; the compute part alone is reported too.
+Throughput counts **real (non-pad) tokens only**. MFU = real tokens/s x ``flops_per_token(cfg, N, mean
+real length)`` / a peak measured in the same run (``torch.mm`` on square matrices, same thread count):
+fp32 on CPU (training runs in fp32 there), bf16 on CUDA (training runs under bf16 autocast there).
 """
 from __future__ import annotations
 
@@ -161,6 +181,264 @@ def bench_tokenizer(n: int = 10000, repeats: int = 3) -> dict:
     }
 
 
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _update(loss, model, opt, clip: float, device) -> None:
+    """The parameter update both setups share: backward, clip, AdamW step (synchronised for timing)."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    _sync(device)
+
+
+def _matmul_flops(dtype, sizes, reps: int, device) -> dict[int, float]:
+    """Best FLOP/s of ``torch.mm`` on square ``n x n`` matrices of ``dtype``, per size (one warm-up each)."""
+    import torch
+
+    out = {}
+    for n in sizes:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        c = torch.mm(a, b)  # warm-up: allocation, kernel selection
+        best = float("inf")
+        for _ in range(reps):
+            _sync(device)
+            t = time.perf_counter()
+            torch.mm(a, b, out=c)
+            _sync(device)
+            best = min(best, time.perf_counter() - t)
+        out[n] = 2.0 * n**3 / best
+        del a, b, c
+    return out
+
+
+def bench_pretrain(
+    model: str = "mini",
+    batch_size: int = 128,
+    steps: int = 20,
+    repeats: int = 3,
+    warmup: int = 3,
+    strings: list[str] | None = None,
+    authors_attn: str = "sdpa",
+    peak_sizes: tuple[int, ...] | None = None,
+    peak_reps: int = 2,
+    seed: int = 0,
+) -> dict:
+    """Training tokens/s (real tokens), ratio and MFU of the authors' MLM pipeline and cloudlib's, one run.
+
+    See the module docstring for what each setup does. ``strings`` defaults to the 10k real SCOPE strings
+    of ``cloud/pretrain_cloud_10k.csv``; ``authors_attn`` is the authors' model's attention ("sdpa", the
+    transformers 5 default and cloudlib's, or "eager"); ``peak_sizes`` are the matmul sizes of the peak
+    (default 2048 and 4096 on CPU, 4096 and 8192 on CUDA). Each repeat runs ``warmup`` untimed then
+    ``steps`` timed steps of each setup and the peak matmuls, interleaved; the best repeat counts.
+    """
+    import math
+
+    import pandas as pd
+    import torch
+    from transformers import BertForMaskedLM, DataCollatorForLanguageModeling
+
+    from . import model as cloud_model
+    from .data import fetch
+    from .tokenizer import make_tokenizer
+    from .train import MaskedLMLoss, PretrainConfig, _autocast, encode, epoch_batches, make_optimizer, mask_tokens
+
+    if authors_attn not in ("sdpa", "eager"):
+        raise ValueError(f"authors_attn={authors_attn!r}: expected 'sdpa' or 'eager'")
+    if steps < 1 or repeats < 1 or warmup < 0:
+        raise ValueError("need steps >= 1, repeats >= 1, warmup >= 0")
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    peak_dtype = torch.bfloat16 if cuda else torch.float32
+    peak_sizes = tuple(peak_sizes or ((4096, 8192) if cuda else (2048, 4096)))
+
+    tok = make_tokenizer()
+    if strings is None:
+        strings = pd.read_csv(fetch("cloud/pretrain_cloud_10k.csv"))["cloud"].tolist()
+    strings = [str(s) for s in strings]
+    cfg = PretrainConfig(model=model, batch_size=batch_size, seed=seed)
+    size = cloud_model.preset(model).replace(dropout=cfg.dropout)
+    block = size.block_size
+
+    t0 = time.perf_counter()
+    data = encode(tok, strings)  # cloudlib encodes the corpus once, before training: not in the step clock
+    encode_s = time.perf_counter() - t0
+
+    # the same batches of strings for both setups: train.py's length-bucketed order, full batches only
+    batches: list[torch.Tensor] = []
+    epoch = 0
+    while len(batches) < warmup + steps:
+        full = [b for b in epoch_batches(data, batch_size, epoch, seed, cfg.bucket_batches) if len(b) == batch_size]
+        if not full:
+            raise ValueError(f"{len(strings)} strings make no batch of {batch_size}")
+        batches += full
+        epoch += 1
+    batches = batches[: warmup + steps]
+
+    # two identical models (same config and seed -> same initial weights); only the attention may differ
+    def build(attn: str) -> BertForMaskedLM:
+        config = cloud_model.bert_config(size, tok)
+        config._attn_implementation = attn
+        torch.manual_seed(seed)
+        return BertForMaskedLM(config).to(device).train()
+
+    authors_mlm, cloud_mlm = build(authors_attn), build("sdpa")
+    same_init = all(a.equal(b) for a, b in zip(authors_mlm.state_dict().values(), cloud_mlm.state_dict().values()))
+    net = MaskedLMLoss(cloud_mlm).train()
+    opt_authors = make_optimizer(authors_mlm, cfg, device)
+    opt_cloud = make_optimizer(net, cfg, device)
+    collator = DataCollatorForLanguageModeling(tokenizer=tok, mlm=True, mlm_probability=cfg.mlm_probability,
+                                               return_tensors="pt")
+
+    def authors_batch(index: torch.Tensor) -> dict:
+        examples = []
+        for i in index.tolist():  # PretrainDataset.__getitem__, verbatim arguments
+            enc = tok(strings[i], add_special_tokens=True, max_length=block, return_token_type_ids=False,
+                      padding="max_length", truncation=True, return_attention_mask=True, return_tensors="pt")
+            examples.append({"input_ids": enc["input_ids"].flatten(),
+                             "attention_mask": enc["attention_mask"].flatten()})
+        return collator(examples)
+
+    # sanity: both losses are the same objective (same weights, same masked batch, no dropout)
+    with torch.no_grad():
+        authors_mlm.eval()
+        torch.manual_seed(seed)
+        probe = {k: v.to(device) for k, v in authors_batch(batches[0]).items()}
+        width = int(probe["attention_mask"].sum(1).max())
+        with _autocast(device):
+            hf_loss = float(authors_mlm(**probe).loss)
+            trimmed = (probe[k][:, :width] for k in ("input_ids", "attention_mask", "labels"))
+            ours, _, _ = MaskedLMLoss(authors_mlm)(*trimmed)
+        loss_diff = abs(hf_loss - float(ours))
+        authors_mlm.train()
+
+    def authors_step(step: int, index: torch.Tensor):
+        torch.manual_seed(seed * 7_919 + step * 104_729)  # dropout and the collator's masks
+        t0 = time.perf_counter()
+        batch = authors_batch(index)
+        t1 = time.perf_counter()
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with _autocast(device):
+            loss = authors_mlm(**batch).loss
+        _update(loss, authors_mlm, opt_authors, cfg.grad_clip, device)
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1, int(batch["attention_mask"].sum()), batch["input_ids"].numel(), float(loss.detach())
+
+    def cloud_step(step: int, index: torch.Tensor):
+        torch.manual_seed(seed * 7_919 + step * 104_729)  # dropout, as train.py
+        g = torch.Generator().manual_seed(seed * 15_485_863 + step * 32_452_843)
+        t0 = time.perf_counter()
+        ids, mask = data.batch(index)
+        inputs, labels = mask_tokens(ids, mask, tok, cfg.mlm_probability, g)
+        t1 = time.perf_counter()
+        with _autocast(device):
+            loss, _, _ = net(inputs.to(device), mask.to(device), labels.to(device))
+        _update(loss, net, opt_cloud, cfg.grad_clip, device)
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1, int(mask.sum()), ids.numel(), float(loss.detach())
+
+    setups = {"authors": authors_step, "cloudlib": cloud_step}
+    total = {k: [] for k in setups}  # seconds of the timed steps, per repeat
+    compute = {k: [] for k in setups}
+    stats: dict[str, dict] = {}
+    peak: dict[int, float] = {}
+    peak_bf16: dict[int, float] = {}
+    for _ in range(repeats):  # interleave so drift in machine load hits every setup alike
+        for name, step_fn in setups.items():
+            for i, index in enumerate(batches[:warmup]):
+                step_fn(i, index)
+            t_data = t_model = 0.0
+            real = padded = 0
+            losses = []
+            for i, index in enumerate(batches[warmup:], start=warmup):
+                d, m, r, p, loss = step_fn(i, index)
+                t_data, t_model, real, padded = t_data + d, t_model + m, real + r, padded + p
+                losses.append(loss)
+            total[name].append(t_data + t_model)
+            compute[name].append(t_model)
+            stats[name] = {"real": real, "padded": padded, "loss": sum(losses) / len(losses),
+                           "data_s": t_data}
+        for n, f in _matmul_flops(peak_dtype, peak_sizes, peak_reps, device).items():
+            peak[n] = max(peak.get(n, 0.0), f)
+        if not cuda:  # bf16 for information: the CPU has AVX512_BF16, but training runs in fp32
+            for n, f in _matmul_flops(torch.bfloat16, peak_sizes[:1], peak_reps, device).items():
+                peak_bf16[n] = max(peak_bf16.get(n, 0.0), f)
+
+    real = stats["cloudlib"]["real"]
+    n_seqs = steps * batch_size
+    mean_len = real / n_seqs
+    n_non_emb = cloud_model.n_params(cloud_mlm)
+    flops_real = cloud_model.flops_per_token(size, n_non_emb, mean_len)
+    # what the authors' setup executes per (padded) position: 64-token attention + the full-vocabulary decoder
+    flops_padded = cloud_model.flops_per_token(size, n_non_emb, block) + 6.0 * size.n_embd * len(tok)
+    peak_best = max(peak.values())
+    rate = {k: real / min(v) for k, v in total.items()}
+    rate_compute = {k: real / min(v) for k, v in compute.items()}
+    precision = "bf16 autocast" if cuda else "fp32"
+    peak_name = "bf16" if cuda else "fp32"
+    result = {
+        "model": model,
+        "device": f"cuda ({torch.cuda.get_device_name(device)})" if cuda else f"cpu, {torch.get_num_threads()} threads",
+        "precision": precision,
+        "batch_size": batch_size,
+        "timed_steps": steps,
+        "warmup_steps": warmup,
+        "repeats": repeats,
+        "attention": f"authors {authors_attn}, cloudlib sdpa",
+        "non_embedding_params": n_non_emb,
+        "vocab_size": len(tok),
+        "strings": len(strings),
+        "encode_once_s (cloudlib, not in step clock)": round(encode_s, 3),
+        "mean_real_seq_len": round(mean_len, 2),
+        "tokens_per_batch": {
+            "real (both)": real / steps,
+            "authors padded": stats["authors"]["padded"] / steps,
+            "cloudlib padded (dynamic)": stats["cloudlib"]["padded"] / steps,
+        },
+        "real_tokens_per_s": {k: round(v, 1) for k, v in rate.items()},
+        "real_tokens_per_s_compute_only": {k: round(v, 1) for k, v in rate_compute.items()},
+        "ms_per_step": {
+            **{f"{k} total": round(1e3 * min(v) / steps, 2) for k, v in total.items()},
+            **{f"{k} batch preparation": round(1e3 * stats[k]["data_s"] / steps, 2) for k in setups},
+        },
+        "ratios": {
+            "cloudlib / authors": round(rate["cloudlib"] / rate["authors"], 3),
+            "cloudlib / authors (compute only)": round(rate_compute["cloudlib"] / rate_compute["authors"], 3),
+        },
+        "flops_per_real_token": round(flops_real),
+        "flops_per_padded_position_authors": round(flops_padded),
+        "peak_tflops": {
+            **{f"{peak_name} mm {n}": round(f / 1e12, 4) for n, f in peak.items()},
+            **{f"bf16 mm {n} (info)": round(f / 1e12, 4) for n, f in peak_bf16.items()},
+        },
+        "mfu": {
+            "authors": round(rate["authors"] * flops_real / peak_best, 4),
+            "cloudlib": round(rate["cloudlib"] * flops_real / peak_best, 4),
+            "authors (compute only)": round(rate_compute["authors"] * flops_real / peak_best, 4),
+            "cloudlib (compute only)": round(rate_compute["cloudlib"] * flops_real / peak_best, 4),
+            "authors HFU on padded positions": round(
+                rate["authors"] / real * stats["authors"]["padded"] * flops_padded / peak_best, 4),
+        },
+        "mfu_peak": f"{peak_name} torch.mm, best of sizes {list(peak_sizes)}",
+        "train_loss_last_repeat": {k: round(v["loss"], 4) for k, v in stats.items()},
+        "same_real_tokens": stats["authors"]["real"] == stats["cloudlib"]["real"],
+        "same_initial_weights": bool(same_init),
+        "loss_agreement_abs": loss_diff,
+    }
+    tolerance = (2e-2 if cuda else 1e-3) * max(1.0, abs(hf_loss))  # bf16 autocast: shapes change the rounding
+    result["ok"] = bool(result["same_real_tokens"] and same_init and loss_diff < tolerance
+                        and all(math.isfinite(v["loss"]) for v in stats.values()))
+    return result
+
+
 def _print(title: str, result: dict) -> None:
     print(f"\n== {title}")
     for key, value in result.items():
@@ -174,10 +452,17 @@ def _print(title: str, result: dict) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m cloudlib.bench", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["scope", "tokenizer"])
+    p.add_argument("what", choices=["scope", "tokenizer", "pretrain"])
     p.add_argument("--n", type=int, default=None, help="structures (scope, default 1000) or strings (tokenizer, 10000)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--model", default="mini", help="pretrain: model size preset (tiny/mini/small/medium/base)")
+    p.add_argument("--batch-size", type=int, default=128, help="pretrain: sequences per step")
+    p.add_argument("--steps", type=int, default=20, help="pretrain: timed steps per repeat")
+    p.add_argument("--warmup", type=int, default=3, help="pretrain: untimed steps before each repeat")
+    p.add_argument("--authors-attn", choices=["sdpa", "eager"], default="sdpa", help="pretrain: authors' attention")
+    p.add_argument("--peak-sizes", type=int, nargs="+", default=None,
+                   help="pretrain: square matmul sizes of the measured peak (default 2048 4096; CUDA 4096 8192)")
     args = p.parse_args(argv)
     import os
 
@@ -185,6 +470,16 @@ def main(argv=None) -> int:
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
     results = {}
+    if args.what == "pretrain":
+        results["pretrain"] = bench_pretrain(args.model, args.batch_size, args.steps, args.repeats, args.warmup,
+                                             authors_attn=args.authors_attn, peak_sizes=args.peak_sizes)
+        _print(f"MLM pre-training, {args.model}, batch {args.batch_size} (real tokens/s, same strings, one run)",
+               results["pretrain"])
+        if args.json:
+            from .io import write_json
+
+            write_json(args.json, results)
+        return 0 if results["pretrain"]["ok"] else 1
     if args.what == "scope":
         results["scope"] = bench_scope(args.n or 1000, args.repeats)
         _print("SCOPE (structures/s, same structures, one run)", results["scope"])

@@ -1,0 +1,52 @@
+"""Fast checks of cloudlib.bench on real data: result structure, not speed (the machine may be busy)."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from cloudlib import bench
+from conftest import need, need_call
+
+BATCH = 16
+
+
+@pytest.fixture(scope="module")
+def scope_strings() -> list[str]:
+    return pd.read_csv(need("cloud/pretrain_cloud_10k.csv"))["cloud"].tolist()[:2000]
+
+
+def test_pretrain_bench_structure(scope_strings):
+    r = bench.bench_pretrain("tiny", batch_size=BATCH, steps=3, repeats=1, warmup=1, strings=scope_strings,
+                             peak_sizes=(256,), peak_reps=1)
+    assert r["ok"] and r["same_real_tokens"] and r["same_initial_weights"]
+    assert r["loss_agreement_abs"] < 1e-4  # HF labels loss == MaskedLMLoss on the same masked batch
+    for key in ("real_tokens_per_s", "real_tokens_per_s_compute_only"):
+        assert set(r[key]) == {"authors", "cloudlib"}
+        assert all(v > 0 for v in r[key].values())
+    tokens = r["tokens_per_batch"]
+    assert tokens["authors padded"] == BATCH * 64  # every example padded to max_length=64
+    assert 0 < tokens["real (both)"] <= tokens["cloudlib padded (dynamic)"] < tokens["authors padded"]
+    assert r["mean_real_seq_len"] == pytest.approx(tokens["real (both)"] / BATCH, abs=0.01)
+    assert all(0 < v <= 1 for v in r["mfu"].values()), r["mfu"]
+    assert all(v > 0 for v in r["peak_tflops"].values())
+    assert all(v > 0 for v in r["ratios"].values())
+    assert r["flops_per_padded_position_authors"] > r["flops_per_real_token"] > 6 * r["non_embedding_params"]
+    assert all(0 < v < 10 for v in r["train_loss_last_repeat"].values())
+
+
+def test_pretrain_cli_writes_json(tmp_path, monkeypatch):
+    need("cloud/pretrain_cloud_10k.csv")
+    out = tmp_path / "bench.json"
+    rc = bench.main(["pretrain", "--model", "tiny", "--batch-size", "8", "--steps", "2", "--warmup", "1",
+                     "--repeats", "1", "--peak-sizes", "128", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())["pretrain"]
+    assert result["model"] == "tiny" and result["tokens_per_batch"]["authors padded"] == 8 * 64
+
+
+def test_scope_bench_identical_output():
+    r = need_call(bench.bench_scope, n=30, repeats=1)
+    assert r["identical_output"] is True
+    assert r["structures"] == 30 and all(v > 0 for v in r["rates_per_s"].values())
