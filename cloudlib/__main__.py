@@ -130,6 +130,34 @@ def _cmd_harvest(args) -> int:
     return EXIT_ROWS_FAILED if failed else EXIT_OK
 
 
+def _parse_overrides(pairs: list[str]) -> dict:
+    """``key=value`` pairs -> dict, values parsed as YAML scalars (``3``, ``1e-3``, ``null``, ``tiny``)."""
+    import dataclasses
+
+    import yaml
+
+    from .train import PretrainConfig
+
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in fields:
+            raise UsageError(f"--set {pair!r}: expected key=value with key one of {sorted(fields)}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _cmd_pretrain(args) -> int:
+    from .train import pretrain_profile
+
+    summary = pretrain_profile(args.profile, args.out, resume=args.resume, overrides=_parse_overrides(args.set),
+                               progress=not args.quiet, jobs=args.jobs)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m cloudlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -158,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=["smoke", "laptop", "paper"], default="laptop")
     p.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 01 02")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("pretrain", help="MLM pre-training on the offline corpus (torchrun for several processes)")
+    p.add_argument("--profile", choices=["smoke", "laptop", "paper"], default="smoke")
+    p.add_argument("--out", required=True, help="output folder (checkpoint, log, final model)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a PretrainConfig field")
+    p.add_argument("--jobs", type=int, default=1, help="processes for building the corpus cache")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("harvest", help="harvest an OPTIMADE provider into SCOPE strings (resumable)")
     p.add_argument("base_url")
