@@ -156,8 +156,15 @@ def test_torchrun_two_processes_on_cpu(tmp_path, strings):
            "-m", "cloudlib", "pretrain", "--profile", "smoke", "--out", str(out), "-q", "--set", "max_steps=12",
            "--set", "eval_every=6", "--set", "ckpt_every=6"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=240)
-    assert r.returncode == 0, r.stderr[-3000:]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                            start_new_session=True)  # its own process group: a hang kills launcher and workers
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"torchrun did not finish in 240 s: {stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 12
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
