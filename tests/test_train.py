@@ -247,3 +247,15 @@ print(hits / total)
     assert accuracy > 0.6, accuracy  # an untrained model scores ~1/437; token-class guessing ~0.3
     summary = json.loads((folder / "training_summary.json").read_text())
     assert summary["pretrain_profile"] == "laptop" and summary["config"]["model"] == "small"
+
+
+def test_paper_profile_runs_a_few_steps_on_cpu(tmp_path):
+    """The paper profile (BERT-base, batch 1024, lr 1e-4) executes end to end; here 2 steps of batch 8.
+    bf16 autocast and fused AdamW engage only on CUDA, which CI does not have."""
+    cmd = [sys.executable, "-m", "cloudlib", "pretrain", "--profile", "paper", "--out", str(tmp_path / "paper"), "-q",
+           "--set", "max_steps=2", "--set", "batch_size=8", "--set", "corpus_limit=20", "--set", "eval_max_strings=16"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    config = json.loads((tmp_path / "paper" / "config.json").read_text())
+    assert config["model"] == "base" and config["lr"] == 1e-4 and 85e6 < config["non_embedding_params"] < 86e6
+    assert json.loads((tmp_path / "paper" / "summary.json").read_text())["steps"] == 2
