@@ -35,7 +35,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import spglib
+
+# spglib prints its internal, non-fatal retries ("ssm_get_exact_positions failed") to stderr; keep notebooks
+# readable unless the user asked for them.
+os.environ.setdefault("SPGLIB_WARNING", "OFF")
+import spglib  # noqa: E402
 from pymatgen.core import DummySpecies, Element, Species, Structure
 
 from .errors import (
