@@ -130,6 +130,24 @@ def _cmd_harvest(args) -> int:
     return EXIT_ROWS_FAILED if failed else EXIT_OK
 
 
+def _cmd_predict(args) -> int:
+    from .finetune import _resolve, load_predictor, predict
+    from .io import write_csv
+
+    folder = _resolve(args.model)
+    if not (folder / "predictor.json").is_file():
+        raise UsageError(f"{args.model}: not a predictor folder (no predictor.json); fit one with cloudlib.finetune")
+    items = read_inputs(args.input)
+    df = predict(items, model=load_predictor(folder), jobs=args.jobs, progress=not args.quiet)
+    write_csv(args.output, df, index=False)
+    failed = df[df["error"].notna()]
+    print(f"{len(df)} structures -> {args.output}: {len(df) - len(failed)} predicted, {len(failed)} failed",
+          file=sys.stderr)
+    for i, err in zip(failed["id"].head(20), failed["error"].head(20)):
+        print(f"  {i}: {err}", file=sys.stderr)
+    return EXIT_ROWS_FAILED if len(failed) else EXIT_OK
+
+
 def _parse_overrides(pairs: list[str]) -> dict:
     """``key=value`` pairs -> dict, values parsed as YAML scalars (``3``, ``1e-3``, ``null``, ``tiny``)."""
     import dataclasses
@@ -169,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="worker processes (0 = all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_scope)
+
+    p = sub.add_parser("predict", help="predict a property for structure files with a fine-tuned model -> CSV")
+    p.add_argument("input", help="a CIF/structure file, a folder of CIFs, or a .json/.json.gz of structures")
+    p.add_argument("--model", default="models/cloud-dielectric-laptop", help="predictor folder (save_predictor)")
+    p.add_argument("-o", "--output", required=True, help="output CSV (id, scope, prediction, error)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes for SCOPE (0 = all cores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("corpus", help="build the offline pre-training corpus and print its source table")
     p.add_argument("-o", "--output", help="write the deduplicated corpus (CSV)")
