@@ -176,6 +176,21 @@ def _cmd_pretrain(args) -> int:
     return EXIT_OK
 
 
+def _cmd_matbench(args) -> int:
+    from .matbench_run import MODELS, run_matbench, summarise
+
+    unknown = set(args.models) - set(MODELS)
+    if unknown:
+        raise UsageError(f"unknown models {sorted(unknown)}; choose from {list(MODELS)}")
+    folds = run_matbench(args.tasks, profile=args.profile, models=args.models, folds=args.folds, jobs=args.jobs,
+                         progress=not args.quiet)
+    if len(folds):
+        print(summarise(folds).round(4).to_string())
+    for task, why in folds.attrs.get("skipped", {}).items():
+        print(f"skipped {task}: {why}", file=sys.stderr)
+    return EXIT_ROWS_FAILED if folds.attrs.get("skipped") else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m cloudlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -221,6 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="processes for building the corpus cache")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("matbench", help="MatBench v0.1 protocol: all folds, task.record, matbench's file format")
+    p.add_argument("--tasks", nargs="+", default=["matbench_dielectric"])
+    p.add_argument("--profile", choices=["smoke", "laptop", "paper"], default="laptop")
+    p.add_argument("--models", nargs="+", default=["CLOUD", "CLOUD-scratch", "RF-Magpie", "Dummy"])
+    p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_matbench)
 
     p = sub.add_parser("harvest", help="harvest an OPTIMADE provider into SCOPE strings (resumable)")
     p.add_argument("base_url")

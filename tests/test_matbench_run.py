@@ -36,3 +36,16 @@ def test_results_file_rescored_by_matbench(tmp_path):
     s = summarise(folds)
     rf, dummy = s.loc[("matbench_dielectric", "RF-Magpie"), "mae_mean"], s.loc[("matbench_dielectric", "Dummy"), "mae_mean"]
     assert rf < 0.7 * dummy  # a real, failable check that the baseline learns something
+
+
+def test_cli(tmp_path):
+    import subprocess
+    import sys
+
+    need_call(data.load_matbench, "matbench_dielectric")
+    bad = subprocess.run([sys.executable, "-m", "cloudlib", "matbench", "--models", "Oracle"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "unknown models" in bad.stderr
+    ok = subprocess.run([sys.executable, "-m", "cloudlib", "matbench", "--profile", "smoke", "--models", "Dummy", "-q"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "Dummy" in ok.stdout and "0.80" in ok.stdout  # the 5-fold dummy MAE of matbench_dielectric is ~0.809
