@@ -227,3 +227,16 @@ def test_cli_exit_codes(saved, cif_folders, tmp_path, capsys):
     df = pd.read_csv(out)
     assert len(df) == 6 and df["prediction"].notna().sum() == 2 and df["error"].notna().sum() == 4
     assert "2 predicted, 4 failed" in r.stderr and "long.cif: BlockSizeError" in r.stderr
+
+
+def test_shipped_dielectric_predictor_works_out_of_the_box():
+    """models/cloud-dielectric-laptop is what cloudlib.predict uses by default."""
+    import cloudlib
+    from pymatgen.core import Lattice, Structure
+
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    broken = Structure(Lattice.cubic(4), [{"Fe": 0.5, "Ni": 0.5}], [[0, 0, 0]])
+    df = cloudlib.predict({"NaCl": nacl, "alloy": broken})
+    assert list(df["id"]) == ["NaCl", "alloy"]
+    assert 1.3 < df.loc[0, "prediction"] < 2.0 and pd.isna(df.loc[0, "error"])  # DFT n of NaCl is ~1.6
+    assert np.isnan(df.loc[1, "prediction"]) and df.loc[1, "error"].startswith("DisorderedStructureError")
