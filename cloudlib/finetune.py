@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import BlockSizeError, InvalidTargetError
+from .io import umask
 from .train import _autocast, encode, epoch_batches, lr_lambda, make_optimizer
 
 TASKS = ("regression", "classification")
@@ -432,10 +433,10 @@ def save_predictor(result: FitResult, folder: str | os.PathLike) -> Path:
         (tmp / "predictor.json").write_text(json.dumps(meta, indent=2) + "\n")
         if result.history is not None and len(result.history):
             result.history.to_csv(tmp / "history.csv", index=False)
-        umask = _umask()  # temporary files are created 0600: give everything the usual permissions
-        os.chmod(tmp, 0o777 & ~umask)
+        mask = umask()  # temporary files are created 0600: give everything the usual permissions
+        os.chmod(tmp, 0o777 & ~mask)
         for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask)
+            os.chmod(f, 0o666 & ~mask)
         old = None
         if folder.exists():
             old = folder.parent / f".{folder.name}.old-{os.getpid()}"
@@ -447,12 +448,6 @@ def save_predictor(result: FitResult, folder: str | os.PathLike) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
 
 
 def load_predictor(folder: str | os.PathLike, device: str | torch.device | None = None) -> FitResult:

@@ -29,17 +29,11 @@ from .errors import DataUnavailableError
 from .io import atomic_path, write_csv
 
 MODELS = ("CLOUD", "CLOUD-scratch", "RF-Magpie", "Dummy")
-#: The eight structure tasks of MatBench v0.1 plus the classification task mp_is_metal.
-STRUCTURE_TASKS = (
-    "matbench_dielectric", "matbench_jdft2d", "matbench_log_gvrh", "matbench_log_kvrh", "matbench_mp_e_form",
-    "matbench_mp_gap", "matbench_perovskites", "matbench_phonons", "matbench_mp_is_metal",
-)
 ENCODERS = {"smoke": "models/cloud-laptop", "laptop": "models/cloud-laptop", "paper": "models/cloud-paper"}
 
 
 def task_table(task: str, jobs: int = 1) -> pd.DataFrame:
     """MatBench ids -> SCOPE string and target for a task (SCOPE cached under data/derived)."""
-    from .io import write_csv as _write
     from .scope import scope_table
 
     meta = data.matbench_metadata(task)
@@ -49,10 +43,21 @@ def task_table(task: str, jobs: int = 1) -> pd.DataFrame:
         scope = pd.read_csv(cache, index_col="id", keep_default_na=False, na_values=[""])
     else:
         scope = scope_table(df["structure"].to_dict(), jobs=jobs, progress=False)
-        _write(cache, scope)
+        write_csv(cache, scope)
     out = scope.join(df[[meta["target"]]].rename(columns={meta["target"]: "target"}))
     out["structure"] = df["structure"]
     return out
+
+
+def _magpie(task: str, table: pd.DataFrame, models, jobs: int) -> pd.DataFrame | None:
+    """Magpie features aligned with ``table`` (cached per task), or None when no model needs them."""
+    if "RF-Magpie" not in models:
+        return None
+    from .baselines import magpie_features
+
+    features = magpie_features(list(table["structure"]), cache_key=task, jobs=jobs)
+    features.index = table.index
+    return features
 
 
 def _slug(model: str) -> str:
@@ -78,8 +83,6 @@ def run_matbench(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Run the protocol; returns the per-fold table (task, model, fold, mae, rmse, max_error, seconds)."""
-    from .baselines import magpie_features
-
     out = Path(out_dir) if out_dir else paths.output_dirs(profile)[1]
     out.mkdir(parents=True, exist_ok=True)
     encoder = str(paths.repo_root() / ENCODERS[profile])
@@ -93,9 +96,7 @@ def run_matbench(
             continue
         kind = "classification" if meta["task_type"] == "classification" else "regression"
         benches = {m: _benchmark(task, table, meta["target"]) for m in models}
-        features = magpie_features(list(table["structure"]), cache_key=task, jobs=jobs) if "RF-Magpie" in models else None
-        if features is not None:
-            features.index = table.index
+        features = _magpie(task, table, models, jobs)
         for fold in folds:
             train_ids, test_ids = data.matbench_split(task, fold)
             train, test = table.loc[train_ids], table.loc[test_ids]
@@ -157,13 +158,9 @@ def run_ood(groups: pd.Series, task: str = "matbench_dielectric", profile: str =
             models=("CLOUD", "RF-Magpie", "Dummy"), min_test: int = 50, jobs: int = 1,
             progress: bool = True) -> pd.DataFrame:
     """Leave-one-group-out: each group with at least ``min_test`` members is the test set once."""
-    from .baselines import magpie_features
-
     table = task_table(task, jobs=jobs)
     groups = groups.reindex(table.index)
-    features = magpie_features(list(table["structure"]), cache_key=task, jobs=jobs) if "RF-Magpie" in models else None
-    if features is not None:
-        features.index = table.index
+    features = _magpie(task, table, models, jobs)
     encoder = str(paths.repo_root() / ENCODERS[profile])
     rows = []
     for name, members in groups.groupby(groups).groups.items():
