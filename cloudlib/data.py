@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
 import tarfile
@@ -261,47 +260,70 @@ def _from_archive(ds: Dataset) -> bytes:
         return f.read()
 
 
-def fetch(name: str) -> Path:
-    """Local path of registry file ``name``, verified against its sha256 (see module docstring)."""
-    if name not in REGISTRY:
-        raise KeyError(f"unknown dataset {name!r}; known: {sorted(REGISTRY)}")
-    ds = REGISTRY[name]
-    cached = paths.cache_dir() / name
-    if cached.exists():
-        got = sha256_file(cached)
-        if got == ds.sha256:
-            return cached
-        cached.unlink()  # corrupted cache entry; fetch it again below
+def fetch_with(name: str, accept, remote=None, remote_label: str = "", hint: str = "") -> Path:
+    """The one source order every fetcher shares: cache -> ``remote()`` -> ``$CLOUD_DATA_MIRROR``.
+
+    ``accept(blob, source)`` verifies bytes (raises :class:`ChecksumError` for a wrong sha256, any other
+    :class:`DataError` for bad content); ``remote`` returns the bytes from the canonical source (None: there
+    is none, ``remote_label`` says why). A good download is cached under ``data/cache/<name>``; the mirror is
+    read in place, never copied. A checksum mismatch is raised when no source gave good bytes.
+    """
     tried: list[str] = []
-    mismatch: ChecksumError | None = None
-    if not _offline():
-        source = ds.archive_url if ds.archive else ds.url
+    cached = paths.cache_dir() / name
+    if cached.is_file():
         try:
-            data = _from_archive(ds) if ds.archive else _download(ds.url)
-            return write_bytes(cached, _check(data, ds.sha256, name, source))
+            accept(cached.read_bytes(), f"cache {cached}")
+            return cached
+        except DataError as exc:  # corrupted or stale cache entry: fetch it again below
+            tried.append(f"cache {cached}: {exc}")
+            cached.unlink()
+    mismatch: ChecksumError | None = None
+    if remote is None:
+        tried.append(remote_label or "no public URL")
+    elif _offline():
+        tried.append(f"{remote_label}: skipped ($CLOUD_OFFLINE=1)")
+    else:
+        try:
+            blob = remote()
+            accept(blob, remote_label)
+            return write_bytes(cached, blob)
         except ChecksumError as exc:
             mismatch = exc
-            tried.append(f"{source}: {exc}")
-        except (urllib.error.URLError, OSError, DataError, KeyError) as exc:
-            tried.append(f"{source}: {type(exc).__name__}: {exc}")
-    else:
-        tried.append("network: skipped ($CLOUD_OFFLINE=1)")
+            tried.append(f"{remote_label}: {exc}")
+        except (urllib.error.URLError, OSError, ValueError, KeyError, DataError) as exc:
+            tried.append(f"{remote_label}: {type(exc).__name__}: {exc}")
     mirror = os.environ.get("CLOUD_DATA_MIRROR")
     if mirror:
         path = Path(mirror).expanduser().resolve() / name
         if path.is_file():
-            got = sha256_file(path)
-            if got == ds.sha256:
+            try:
+                accept(path.read_bytes(), f"mirror {path}")
                 return path  # read in place: the mirror is read-only and never copied
-            mismatch = ChecksumError(f"sha256 mismatch in mirror {path}: expected {ds.sha256}, got {got}", name)
-            tried.append(str(mismatch))
+            except ChecksumError as exc:
+                mismatch = exc
+                tried.append(str(exc))
+            except DataError as exc:
+                tried.append(f"mirror {path}: {exc}")
         else:
             tried.append(f"mirror {path}: not there")
     else:
         tried.append("mirror: $CLOUD_DATA_MIRROR is not set")
     if mismatch is not None:
         raise mismatch
-    raise DataUnavailableError("no source could provide it; tried: " + " | ".join(tried), name)
+    raise DataUnavailableError("no source could provide it; tried: " + " | ".join(tried) + hint, name)
+
+
+def fetch(name: str) -> Path:
+    """Local path of registry file ``name``, verified against its sha256 (see module docstring)."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown dataset {name!r}; known: {sorted(REGISTRY)}")
+    ds = REGISTRY[name]
+
+    def accept(blob: bytes, source: str) -> None:
+        _check(blob, ds.sha256, name, source)
+
+    return fetch_with(name, accept, remote=(lambda: _from_archive(ds)) if ds.archive else (lambda: _download(ds.url)),
+                      remote_label=ds.archive_url if ds.archive else ds.url)
 
 
 def registry_table() -> pd.DataFrame:

@@ -264,6 +264,26 @@ def _val_metrics(task: str, raw: np.ndarray, y: np.ndarray, mean: float, std: fl
     return {"val_loss": bce, "val_auc": _auc(y, raw)}
 
 
+def encoder_head_optimizer(encoder: nn.Module, head: nn.Module, cfg: FinetuneConfig, device) -> torch.optim.Optimizer:
+    """AdamW: the encoder at ``cfg.lr`` (no decay on biases / norms), the head at ``cfg.head_lr``."""
+    opt = make_optimizer(encoder, cfg, device)
+    head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.lr
+    opt.add_param_group({"params": [p for p in head.parameters() if p.ndim >= 2], "weight_decay": cfg.weight_decay,
+                         "lr": head_lr})
+    opt.add_param_group({"params": [p for p in head.parameters() if p.ndim < 2], "weight_decay": 0.0, "lr": head_lr})
+    return opt
+
+
+def optimizer_step(model: nn.Module, loss: torch.Tensor, opt, sched, grad_clip: float | None) -> None:
+    """Backward, optional gradient clipping, optimiser and scheduler step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+
+
 def fit(strings: Sequence[str], targets, cfg: FinetuneConfig | None = None, progress: bool = True,
         target_name: str | None = None) -> FitResult:
     """Fine-tune an encoder on (SCOPE string, target) pairs; returns the best-validation predictor.
@@ -305,12 +325,7 @@ def fit(strings: Sequence[str], targets, cfg: FinetuneConfig | None = None, prog
 
         torch.manual_seed(cfg.seed + 1)  # head initialisation
         model = CloudPredictor(encoder, cfg.dropout).to(device)
-        opt = make_optimizer(model.encoder, cfg, device)
-        head_decay = [p for p in model.head.parameters() if p.ndim >= 2]
-        head_other = [p for p in model.head.parameters() if p.ndim < 2]
-        head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.lr
-        opt.add_param_group({"params": head_decay, "weight_decay": cfg.weight_decay, "lr": head_lr})
-        opt.add_param_group({"params": head_other, "weight_decay": 0.0, "lr": head_lr})
+        opt = encoder_head_optimizer(model.encoder, model.head, cfg, device)
 
         train_pos = torch.from_numpy(train_idx)
         sub = type(data)(data.ids[train_pos], data.lengths[train_pos])
@@ -337,12 +352,7 @@ def fit(strings: Sequence[str], targets, cfg: FinetuneConfig | None = None, prog
                     loss = F.l1_loss(out, target)
                 else:
                     loss = F.binary_cross_entropy_with_logits(out, target)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                sched.step()
+                optimizer_step(model, loss, opt, sched, cfg.grad_clip)
                 step += 1
                 loss_sum += float(loss.detach()) * len(idx)
                 n_seen += len(idx)

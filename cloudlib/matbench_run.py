@@ -81,8 +81,12 @@ def run_matbench(
     jobs: int = 1,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    on_fit=None,
 ) -> pd.DataFrame:
-    """Run the protocol; returns the per-fold table (task, model, fold, mae, rmse, max_error, seconds)."""
+    """Run the protocol; returns the per-fold table (task, model, fold, mae, rmse, max_error, seconds).
+
+    ``on_fit(task, model, fold, fit_result)`` is called after every CLOUD fit (e.g. to save the fold-0
+    model as the shipped predictor without fitting it a second time)."""
     out = Path(out_dir) if out_dir else paths.output_dirs(profile)[1]
     out.mkdir(parents=True, exist_ok=True)
     encoder = str(paths.repo_root() / ENCODERS[profile])
@@ -102,8 +106,10 @@ def run_matbench(
             train, test = table.loc[train_ids], table.loc[test_ids]
             for model in models:
                 t0 = time.perf_counter()
-                pred, params = fit_predict(model, train, test, features, kind, profile, encoder, seed=fold,
-                                           progress=progress)
+                pred, params, fitted = fit_predict(model, train, test, features, kind, profile, encoder, seed=fold,
+                                                   progress=progress, return_fit=True)
+                if on_fit is not None and fitted is not None:
+                    on_fit(task, model, fold, fitted)
                 seconds = time.perf_counter() - t0
                 task_obj = getattr(benches[model], task)
                 task_obj.record(fold, np.asarray(pred).tolist(), params=params or None)
@@ -126,8 +132,14 @@ def run_matbench(
 
 
 def fit_predict(model: str, train: pd.DataFrame, test: pd.DataFrame, features: pd.DataFrame | None, kind: str,
-                profile: str, encoder: str, seed: int = 0, progress: bool = True) -> tuple[np.ndarray, dict]:
-    """Train ``model`` on ``train`` rows (columns scope, target) and predict ``test``; returns (pred, params)."""
+                profile: str, encoder: str, seed: int = 0, progress: bool = True, return_fit: bool = False):
+    """Train ``model`` on ``train`` rows (columns scope, target) and predict ``test``; returns (pred, params),
+    plus the CLOUD :class:`~cloudlib.finetune.FitResult` (None for baselines) with ``return_fit``."""
+    pred, params, fitted = _fit_predict(model, train, test, features, kind, profile, encoder, seed, progress)
+    return (pred, params, fitted) if return_fit else (pred, params)
+
+
+def _fit_predict(model, train, test, features, kind, profile, encoder, seed, progress):
     from .baselines import rf_magpie
     from .finetune import PROFILES as FT_PROFILES
     from .finetune import fit, predict_strings
@@ -142,15 +154,15 @@ def fit_predict(model: str, train: pd.DataFrame, test: pd.DataFrame, features: p
         pred = np.full(len(test), float(train["target"].mean()))
         if has.any():
             pred[has] = predict_strings(res, list(test.loc[has, "scope"]))
-        return pred, {"best_epoch": int(res.best_epoch), "n_train": int(ok.sum()), "no_scope_test_rows": int((~has).sum())}
+        return pred, {"best_epoch": int(res.best_epoch), "n_train": int(ok.sum()), "no_scope_test_rows": int((~has).sum())}, res
     if model == "RF-Magpie":
         pred = rf_magpie(features.loc[train.index], train["target"].to_numpy(), features.loc[test.index],
                          task=kind, seed=seed)
-        return np.asarray(pred), {}
+        return np.asarray(pred), {}, None
     if model == "Dummy":
         if kind == "regression":
-            return np.full(len(test), train["target"].mean()), {}
-        return np.full(len(test), bool(train["target"].mean() >= 0.5)), {}
+            return np.full(len(test), train["target"].mean()), {}, None
+        return np.full(len(test), bool(train["target"].mean() >= 0.5)), {}, None
     raise KeyError(f"unknown model {model!r}; known: {MODELS}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,12 +46,23 @@ PRESETS: dict[str, CloudConfig] = {
 }
 
 
+_SPEC = re.compile(r"^L(\d+)xD(\d+)$")
+
+
 def preset(name: str | CloudConfig) -> CloudConfig:
+    """A size by preset name or by spec ``"L{layers}xD{width}"`` (heads of width 32, at least 1;
+    FFN 4 x width), the form the scaling sweep uses, e.g. ``"L2xD64"``."""
     if isinstance(name, CloudConfig):
         return name
-    if name not in PRESETS:
-        raise KeyError(f"unknown model size {name!r}; presets: {sorted(PRESETS)}")
-    return PRESETS[name]
+    if name in PRESETS:
+        return PRESETS[name]
+    m = _SPEC.match(str(name))
+    if m:
+        n_layer, n_embd = int(m[1]), int(m[2])
+        if n_layer < 1 or n_embd < 8:
+            raise KeyError(f"model spec {name!r}: need at least 1 layer and width 8")
+        return CloudConfig(n_layer=n_layer, n_head=max(1, n_embd // 32), n_embd=n_embd, ffn=4 * n_embd)
+    raise KeyError(f"unknown model size {name!r}; presets: {sorted(PRESETS)} or a spec like 'L2xD64'")
 
 
 def bert_config(cfg: CloudConfig, tokenizer) -> BertConfig:

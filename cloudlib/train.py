@@ -261,6 +261,12 @@ def evaluate(model: nn.Module, data: Encoded, tokenizer, cfg: PretrainConfig, de
 # --------------------------------------------------------------------------- the loop
 
 
+def _same_run(saved: dict, current: dict) -> bool:
+    """Whether a checkpoint's configuration is this run's (the thread count does not define a run)."""
+    ignore = {"threads"}
+    return {k: v for k, v in saved.items() if k not in ignore} == {k: v for k, v in current.items() if k not in ignore}
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -314,7 +320,7 @@ def pretrain(
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location=d.device, weights_only=False)
-        if state["config"] != dataclasses.asdict(cfg):
+        if not _same_run(state["config"], dataclasses.asdict(cfg)):
             raise ValueError(f"{ckpt} was written with another configuration; use a new --out or no --resume")
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

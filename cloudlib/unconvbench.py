@@ -58,8 +58,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import urllib.error
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +65,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import data, paths
+from . import data
 from .errors import ChecksumError, DataError, DataUnavailableError
-from .io import write_bytes
 
 FIGSHARE_ARTICLE = 26657428
 FIGSHARE_LANDING = f"https://figshare.com/articles/dataset/UnconvBench/{FIGSHARE_ARTICLE}"
@@ -239,51 +236,14 @@ def fetch(name: str) -> Path:
     if name not in FILES:
         raise KeyError(f"unknown UnconvBench file {name!r}")
     f = FILES[name]
-    tried: list[str] = []
-    cached = paths.cache_dir() / name
-    if cached.is_file():
-        try:
-            _accept(f, cached.read_bytes(), f"cache {cached}")
-            return cached
-        except DataError as exc:
-            tried.append(f"cache {cached}: {exc}")
-            cached.unlink()
-    mismatch: ChecksumError | None = None
-    if not f.figshare_names:
-        tried.append("no public URL (CLOUD did not publish its processed UnconvBench CSVs)")
-    elif data._offline():
-        tried.append(f"figshare {FIGSHARE_FILES_API}: skipped ($CLOUD_OFFLINE=1)")
-    else:
-        try:
-            blob = _from_figshare(f)
-            _accept(f, blob, f"figshare article {FIGSHARE_ARTICLE}")
-            return write_bytes(cached, blob)
-        except ChecksumError as exc:
-            mismatch = exc
-            tried.append(f"figshare {FIGSHARE_FILES_API}: {exc}")
-        except (urllib.error.URLError, OSError, ValueError, KeyError, DataError) as exc:
-            tried.append(f"figshare {FIGSHARE_FILES_API}: {type(exc).__name__}: {exc}")
-    mirror = os.environ.get("CLOUD_DATA_MIRROR")
-    if mirror:
-        path = Path(mirror).expanduser().resolve() / name
-        if path.is_file():
-            try:
-                _accept(f, path.read_bytes(), f"mirror {path}")
-                return path  # read in place, never copied
-            except ChecksumError as exc:
-                mismatch = exc
-                tried.append(str(exc))
-            except DataError as exc:
-                tried.append(f"mirror {path}: {exc}")
-        else:
-            tried.append(f"mirror {path}: not there")
-    else:
-        tried.append("mirror: $CLOUD_DATA_MIRROR is not set")
-    if mismatch is not None:
-        raise mismatch
     hint = (f"; get it from {FIGSHARE_LANDING} and place it at $CLOUD_DATA_MIRROR/{name}"
             if f.figshare_names else f"; place CLOUD's CSV at $CLOUD_DATA_MIRROR/{name}")
-    raise DataUnavailableError("no source could provide it; tried: " + " | ".join(tried) + hint, name)
+    if f.figshare_names:
+        remote, label = (lambda: _from_figshare(f)), f"figshare {FIGSHARE_FILES_API} (article {FIGSHARE_ARTICLE})"
+    else:
+        remote, label = None, "no public URL (CLOUD did not publish its processed UnconvBench CSVs)"
+    return data.fetch_with(name, lambda blob, source: _accept(f, blob, source), remote=remote, remote_label=label,
+                           hint=hint)
 
 
 # --------------------------------------------------------------------------- splits and loaders

@@ -31,6 +31,11 @@ def test_notebook_hygiene(nb):
     code = [c for c in cells if c["cell_type"] == "code"]
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "strip outputs"
     assert cells[0]["cell_type"] == "markdown"
+    # papermill must parse every parameter too (a comment holding '=' or '(' can defeat its parser,
+    # and it then warns "Passed unknown parameter" and documents the notebook wrongly)
+    import papermill as pm
+
+    assert list(pm.inspect_notebook(str(nb))) == list(params)
     assert "import cloudlib" in "".join("".join(c["source"]) for c in code) or "from cloudlib" in "".join(
         "".join(c["source"]) for c in code
     )
