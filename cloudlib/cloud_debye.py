@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import debye
+from .debye import dulong_petit
 from .errors import InvalidTargetError
 from .finetune import (CloudPredictor, FinetuneConfig, build_encoder, encoder_head_optimizer, optimizer_step,
                        split_indices)
@@ -53,10 +54,6 @@ PROFILES: dict[str, FinetuneConfig] = {
     "paper": FinetuneConfig(encoder="ChangwenXu/CLOUD", epochs=200, batch_size=64, lr=5e-5, head_lr=None,
                             weight_decay=0.01, warmup_ratio=0.05, val_fraction=0.25, grad_clip=None),
 }
-
-
-def dulong_petit(n_atoms) -> np.ndarray:
-    return 3.0 * debye.R * np.asarray(n_atoms, dtype=float)
 
 
 def _check(name: str, values, positive: bool = False) -> np.ndarray:

@@ -60,10 +60,18 @@ from .errors import CloudError, InvalidTargetError
 
 __all__ = [
     "R", "X_CUT", "DebyeInputError", "heat_capacity", "internal_energy", "paper_heat_capacity",
-    "reference_heat_capacity", "reference_internal_energy", "accuracy_table", "theta_from_cv",
+    "reference_heat_capacity", "reference_internal_energy", "accuracy_table", "theta_from_cv", "dulong_petit",
 ]
 
 R = 8.314462618  #: molar gas constant, J/(K mol)
+
+
+def dulong_petit(n_atoms):
+    """The classical limit 3 N R of Cv for cells of ``n_atoms`` atoms, J/(K mol of cells) (float or array)."""
+    limit = 3.0 * R * np.asarray(n_atoms, dtype=float)
+    return float(limit) if limit.ndim == 0 else limit
+
+
 X_CUT = 30.0  #: x_D above which the infinite integral minus the analytic tail is used
 PANELS, NODES = 4, 16  #: composite Gauss–Legendre rule on t ∈ [0, 1] (x_D ≤ X_CUT)
 TAIL_TERMS = 4  #: terms k of the tail series (x_D > X_CUT); the first omitted one is ~e^{-150}

@@ -53,10 +53,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .debye import R, dulong_petit  # noqa: F401 - part of this module's API (3 n R, the classical limit)
 from .errors import CloudError
 
-#: Molar gas constant, J/(K mol).
-R = 8.314462618
 #: Frequencies below minus this (THz) count as imaginary in ``imag_fraction``.
 IMAG_FLOOR_THZ = 0.01
 #: Default temperatures (K) of the committed table.
@@ -461,8 +460,3 @@ def phonon_cv(
         settings=asdict(settings),
         structure=prim,
     )
-
-
-def dulong_petit(n_atoms: int) -> float:
-    """Classical limit 3 n R of Cv for a cell of ``n_atoms`` atoms (J/(K mol of cells))."""
-    return 3.0 * n_atoms * R

@@ -7,7 +7,6 @@ installs both (``.ci/run``), so a skip there would hide a broken page.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -17,28 +16,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.integrate import quad
 
+from cloudlib import debye
 from cloudlib.explorer import explorer_html, write_explorer
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "figures" / "test_artifacts" / "explorer.png"
-R = 8.314462618
+R = debye.R
 NASTY = 'Evil</script><b id="injected">x</b> & "q" \u2028 mp-666'
 
 
 def debye_cv(theta: float, n_atoms: float, T: float) -> float:
-    """Reference Debye Cv in J/(K·mol of cells), by adaptive quadrature (independent of the page)."""
-    u = theta / T
-
-    def f(x):
-        return 0.0 if x == 0 else x**4 * math.exp(-x) / math.expm1(-x) ** 2
-
-    if u > 200:  # the integral has converged to its limit 4π⁴/15 far below double precision
-        integral = 4 * math.pi**4 / 15
-    else:
-        integral = quad(f, 0, u, epsabs=0, epsrel=1e-13, limit=200)[0]
-    return 9 * n_atoms * R * (T / theta) ** 3 * integral
+    """Reference Debye Cv in J/(K·mol of cells), by adaptive quadrature (independent of the page's JS)."""
+    return float(debye.reference_heat_capacity(theta, T, n_atoms))
 
 
 def table() -> pd.DataFrame:
