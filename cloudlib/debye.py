@@ -48,10 +48,11 @@ Limits
 
 :func:`theta_from_cv` inverts ``Cv(Θ)`` at fixed T by vectorised bisection in ``log x_D``.
 """
+
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -59,8 +60,17 @@ import torch
 from .errors import CloudError, InvalidTargetError
 
 __all__ = [
-    "R", "X_CUT", "DebyeInputError", "heat_capacity", "internal_energy", "paper_heat_capacity",
-    "reference_heat_capacity", "reference_internal_energy", "accuracy_table", "theta_from_cv", "dulong_petit",
+    "R",
+    "X_CUT",
+    "DebyeInputError",
+    "heat_capacity",
+    "internal_energy",
+    "paper_heat_capacity",
+    "reference_heat_capacity",
+    "reference_internal_energy",
+    "accuracy_table",
+    "theta_from_cv",
+    "dulong_petit",
 ]
 
 R = 8.314462618  #: molar gas constant, J/(K mol)
@@ -87,7 +97,7 @@ class DebyeInputError(CloudError, ValueError):
 
 
 # ----------------------------------------------------------------------------- helpers
-@lru_cache(maxsize=None)
+@cache
 def _rule_np(panels: int, nodes: int) -> tuple[np.ndarray, np.ndarray]:
     """Composite Gauss–Legendre nodes and weights on [0, 1]."""
     t, w = np.polynomial.legendre.leggauss(nodes)
@@ -97,11 +107,13 @@ def _rule_np(panels: int, nodes: int) -> tuple[np.ndarray, np.ndarray]:
     return ts, ws
 
 
-@lru_cache(maxsize=None)
+@cache
 def _rule(panels: int, nodes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     ts, ws = _rule_np(panels, nodes)
-    return (torch.as_tensor(ts, dtype=torch.float64, device=device),
-            torch.as_tensor(ws, dtype=torch.float64, device=device))
+    return (
+        torch.as_tensor(ts, dtype=torch.float64, device=device),
+        torch.as_tensor(ws, dtype=torch.float64, device=device),
+    )
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -149,8 +161,9 @@ def _prepare(theta, T, n_atoms, validate: bool):
 
 def _safe_where(cond, small_arg, big_arg):
     """Arguments for the two branches of a ``where`` so that neither sees values it cannot handle."""
-    return torch.where(cond, small_arg, torch.full_like(small_arg, SERIES_BELOW)), \
-        torch.where(cond, torch.full_like(big_arg, SERIES_BELOW), big_arg)
+    return torch.where(cond, small_arg, torch.full_like(small_arg, SERIES_BELOW)), torch.where(
+        cond, torch.full_like(big_arg, SERIES_BELOW), big_arg
+    )
 
 
 def _h(y: torch.Tensor) -> torch.Tensor:
@@ -289,8 +302,12 @@ def reference_internal_energy(theta, T, n_atoms=1, zero_point: bool = False) -> 
     return u + 9 / 8 * R * n * th if zero_point else u
 
 
-T_BANDS = ((0.0, 10.0, "T < 10 K"), (10.0, 100.0, "10–100 K"), (100.0, 1000.0, "100–1000 K"),
-           (1000.0, math.inf, "T ≥ 1000 K"))
+T_BANDS = (
+    (0.0, 10.0, "T < 10 K"),
+    (10.0, 100.0, "10–100 K"),
+    (100.0, 1000.0, "100–1000 K"),
+    (1000.0, math.inf, "T ≥ 1000 K"),
+)
 
 
 def accuracy_table(thetas=None, temps=None):
@@ -348,7 +365,9 @@ def theta_from_cv(cv, T, n_atoms=1, *, iterations: int = 100) -> torch.Tensor:
             where = f"cv[{', '.join(map(str, idx))}]" if idx else "cv"
             raise InvalidTargetError(
                 f"Cv = {float(cv_t[idx])!r} J/(K mol) is not reachable: need 0 < Cv < 3NR = "
-                f"{3 * R * float(n_t[idx])!r} (NaN, ≤ 0 or ≥ Dulong–Petit)", input=where)
+                f"{3 * R * float(n_t[idx])!r} (NaN, ≤ 0 or ≥ Dulong–Petit)",
+                input=where,
+            )
         # Brackets on x = Θ/T: Cv/3NR = 3F(x) with 1 - x²/20 ≤ 3F(x) ≤ min(1, 4π⁴/(5x³)).
         lo = torch.log(torch.sqrt(20 * (1 - r)).clamp(min=1e-300))
         hi = torch.log((4 * math.pi**4 / (5 * r)) ** (1 / 3) * 1.01)

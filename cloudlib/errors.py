@@ -1,4 +1,7 @@
-"""Typed errors. Every error names the input it is about (``.input``) so batch jobs can report per row."""
+"""Typed errors. Every error names the input it is about (``.input``) so batch jobs can report per row.
+
+The one error hierarchy of the project: everything cloudlib raises on purpose is a :class:`CloudError`."""
+
 from __future__ import annotations
 
 
@@ -52,3 +55,15 @@ class DataUnavailableError(DataError):
 
 class InvalidTargetError(DataError, ValueError):
     """A NaN/inf or otherwise unusable target value."""
+
+
+class ConfigError(CloudError, ValueError):
+    """A configuration that cannot be used: an unknown step, preset or field, or a value out of range."""
+
+
+class InputError(CloudError, ValueError):
+    """An input named by the user that cannot be read: a missing path, an empty folder, unreadable JSON."""
+
+
+class ModelError(CloudError):
+    """A model or predictor folder that is missing, incomplete or of the wrong kind."""

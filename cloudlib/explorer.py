@@ -18,6 +18,7 @@ Numerics (JavaScript, mirrored in the tests): the integral is truncated at x = 6
 x. Against ``scipy.integrate.quad`` the relative error is below 2e-15 for Θ/T from 1e-4 to 1e4, i.e.
 at double precision; the curve is sampled at 400 temperatures.
 """
+
 from __future__ import annotations
 
 import html
@@ -55,16 +56,17 @@ def _records(table) -> tuple[list[dict], int]:
         if theta is None or theta <= 0 or n is None or n <= 0:
             dropped += 1
             continue
-        rows.append({
-            "name": str(r["name"]),
-            "scope": r["scope"] if isinstance(r["scope"], str) else "",
-            "theta": theta,
-            "n": n,
-            **{c: _number(r[c]) if c in r else None for c in OPTIONAL},
-        })
+        rows.append(
+            {
+                "name": str(r["name"]),
+                "scope": r["scope"] if isinstance(r["scope"], str) else "",
+                "theta": theta,
+                "n": n,
+                **{c: _number(r[c]) if c in r else None for c in OPTIONAL},
+            }
+        )
     if dropped:
-        warnings.warn(f"explorer: skipped {dropped} row(s) without a positive finite theta and n_atoms",
-                      stacklevel=3)
+        warnings.warn(f"explorer: skipped {dropped} row(s) without a positive finite theta and n_atoms", stacklevel=3)
     if not rows:
         raise ValueError("explorer table has no row with a positive finite theta and n_atoms")
     return rows, dropped
@@ -92,13 +94,16 @@ def _embed_json(obj) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def explorer_html(table, title: str = "CLOUD-DEBYE explorer", reference_curves: Mapping | None = None,
-                  temperatures: tuple[float, float, float] = (1, 300, 1500)) -> str:
+def explorer_html(
+    table,
+    title: str = "CLOUD-DEBYE explorer",
+    reference_curves: Mapping | None = None,
+    temperatures: tuple[float, float, float] = (1, 300, 1500),
+) -> str:
     """The explorer page as a string (see :func:`write_explorer`)."""
     t_min, t_init, t_max = (float(t) for t in temperatures)
     if not 0 < t_min <= t_init <= t_max:
-        raise ValueError(f"temperatures must be (min, initial, max) with 0 < min <= initial <= max, "
-                         f"got {temperatures}")
+        raise ValueError(f"temperatures must be (min, initial, max) with 0 < min <= initial <= max, got {temperatures}")
     rows, dropped = _records(table)
     payload = {
         "materials": rows,
@@ -106,13 +111,21 @@ def explorer_html(table, title: str = "CLOUD-DEBYE explorer", reference_curves: 
         "temperatures": {"min": t_min, "initial": t_init, "max": t_max},
         "dropped": dropped,
     }
-    return (_TEMPLATE.replace("%%TITLE%%", html.escape(title))
-            .replace("%%CSS%%", _CSS).replace("%%JS%%", _JS).replace("%%DATA%%", _embed_json(payload)))
+    return (
+        _TEMPLATE.replace("%%TITLE%%", html.escape(title))
+        .replace("%%CSS%%", _CSS)
+        .replace("%%JS%%", _JS)
+        .replace("%%DATA%%", _embed_json(payload))
+    )
 
 
-def write_explorer(table, path: str | Path = "figures/cloud_debye_explorer.html",
-                   title: str = "CLOUD-DEBYE explorer", reference_curves: Mapping | None = None,
-                   temperatures: tuple[float, float, float] = (1, 300, 1500)) -> Path:
+def write_explorer(
+    table,
+    path: str | Path,
+    title: str = "CLOUD-DEBYE explorer",
+    reference_curves: Mapping | None = None,
+    temperatures: tuple[float, float, float] = (1, 300, 1500),
+) -> Path:
     """Write the interactive CLOUD-DEBYE explorer to ``path`` (atomically) and return the path.
 
     table: DataFrame with ``name`` (label, e.g. formula + id), ``scope`` (SCOPE string), ``theta``

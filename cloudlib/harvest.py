@@ -30,6 +30,7 @@ reached or keeps failing; :class:`OptimadeResponseError` when it answers with so
 an OPTIMADE response (HTML, JSON without ``data``/``meta``, an entry without ``id``, HTTP 4xx);
 :class:`InvalidFilterError` for a filter the OPTIMADE grammar rejects (checked before any request).
 """
+
 from __future__ import annotations
 
 import json
@@ -190,10 +191,14 @@ def _get_page(session, url: str, timeout: float, retries: int, backoff: float) -
         if attempt:
             time.sleep(min(backoff * 2 ** (attempt - 1), 30.0))
         try:
-            response = session.get(url, timeout=timeout, headers={"Accept": "application/vnd.api+json, application/json"})
+            response = session.get(
+                url, timeout=timeout, headers={"Accept": "application/vnd.api+json, application/json"}
+            )
         except requests.exceptions.RequestException as exc:
             if _connect_failed(exc):
-                raise DataUnavailableError(f"cannot connect to the OPTIMADE server ({type(exc).__name__})", url) from exc
+                raise DataUnavailableError(
+                    f"cannot connect to the OPTIMADE server ({type(exc).__name__})", url
+                ) from exc
             last = f"{type(exc).__name__}: {exc}"
             continue
         if response.status_code in _RETRY_STATUS:
@@ -215,7 +220,9 @@ def _get_page(session, url: str, timeout: float, retries: int, backoff: float) -
             ) from None
         if not isinstance(doc, dict) or not isinstance(doc.get("data"), list) or not isinstance(doc.get("meta"), dict):
             keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
-            raise OptimadeResponseError(f"not an OPTIMADE entry listing (needs 'data' list and 'meta'; got {keys})", url)
+            raise OptimadeResponseError(
+                f"not an OPTIMADE entry listing (needs 'data' list and 'meta'; got {keys})", url
+            )
         return doc
     raise DataUnavailableError(f"OPTIMADE server kept failing after {retries + 1} attempts ({last})", url)
 
@@ -253,7 +260,9 @@ def entry_to_structure(entry: dict):
     features = attrs.get("structure_features") or []
     flagged = [f for f in ("disorder", "assemblies") if f in features]
     if flagged:
-        raise DisorderedStructureError(f"structure_features lists {', '.join(flagged)}; SCOPE needs an ordered crystal", name)
+        raise DisorderedStructureError(
+            f"structure_features lists {', '.join(flagged)}; SCOPE needs an ordered crystal", name
+        )
     if attrs.get("assemblies"):
         raise DisorderedStructureError("entry has assemblies; SCOPE needs an ordered crystal", name)
     missing = [f for f in ("lattice_vectors", "cartesian_site_positions", "species_at_sites") if attrs.get(f) is None]
@@ -264,10 +273,13 @@ def entry_to_structure(entry: dict):
         conc = list(sp.get("concentration") or [])
         if len(symbols) != 1 or "vacancy" in symbols or any(abs(float(c) - 1.0) > 1e-6 for c in conc):
             raise DisorderedStructureError(
-                f"species {sp.get('name')!r} is {symbols} with concentration {conc}; SCOPE needs an ordered crystal", name
+                f"species {sp.get('name')!r} is {symbols} with concentration {conc}; SCOPE needs an ordered crystal",
+                name,
             )
         if not Element.is_valid_symbol(symbols[0]):
-            raise UnknownSpeciesError(f"species {sp.get('name')!r} is {symbols[0]!r}, which is not a chemical element", name)
+            raise UnknownSpeciesError(
+                f"species {sp.get('name')!r} is {symbols[0]!r}, which is not a chemical element", name
+            )
 
     # The OPTIMADE model requires last_modified (nullable); we do not ask for it.
     resource = {
@@ -281,7 +293,9 @@ def entry_to_structure(entry: dict):
             structure = OptimadeStructure(resource).as_pymatgen
     except Exception as exc:  # pydantic ValidationError, KeyError/IndexError on inconsistent sites
         text = " ".join(str(exc).split())[:400]
-        raise StructureParseError(f"entry does not convert to a structure ({type(exc).__name__}: {text})", name) from exc
+        raise StructureParseError(
+            f"entry does not convert to a structure ({type(exc).__name__}: {text})", name
+        ) from exc
     if not isinstance(structure, Structure):
         raise StructureError(
             f"entry is not a periodic crystal (dimension_types={attrs.get('dimension_types')}, "
@@ -350,7 +364,9 @@ def _load_parts(out_dir: Path, state: dict) -> pd.DataFrame:
     for i in range(int(state["pages"])):
         path = out_dir / _part_name(i)
         if not path.is_file():
-            raise DataError(f"harvest part {path.name} is missing although state.json counts {state['pages']} pages", str(out_dir))
+            raise DataError(
+                f"harvest part {path.name} is missing although state.json counts {state['pages']} pages", str(out_dir)
+            )
         frames.append(_read_part(path))
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=str) for c in COLUMNS})
@@ -476,7 +492,12 @@ def harvest(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=state["data_returned"], initial=state["rows"], unit="struct", desc=f"harvest {urlsplit(endpoint).netloc}")
+        bar = tqdm(
+            total=state["data_returned"],
+            initial=state["rows"],
+            unit="struct",
+            desc=f"harvest {urlsplit(endpoint).netloc}",
+        )
     visited: set[str] = set()
     try:
         with requests.Session() as session:

@@ -1,9 +1,11 @@
-"""Atomic writes and small file helpers."""
+"""Atomic writes: files and whole folders appear complete or not at all."""
+
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -52,3 +54,28 @@ def write_csv(path, df, **kw) -> Path:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, compression="gzip" if path.suffix == ".gz" else None, **kw)
     return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike):
+    """Yield an empty temporary folder next to ``path``; when the block succeeds it replaces ``path`` (an existing
+    folder is moved aside first and removed after), with the usual permissions. On failure ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part"))
+    try:
+        yield tmp
+        mask = umask()  # mkdtemp/mkstemp create 0700/0600: give everything the usual permissions
+        os.chmod(tmp, 0o777 & ~mask)
+        for f in tmp.rglob("*"):
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

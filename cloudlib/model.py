@@ -1,21 +1,34 @@
-"""The CLOUD encoder: transformers' BERT over SCOPE tokens, with size presets.
+"""The CLOUD models: transformers' BERT encoder over SCOPE tokens, its size presets, and the heads on it.
 
-One config dataclass (:class:`CloudConfig`) names the size; :func:`build_mlm` makes a
-``BertForMaskedLM`` with SDPA attention for pre-training and :func:`save` writes it with its tokenizer
-(safetensors), so ``AutoModelForMaskedLM.from_pretrained(path)`` and ``AutoTokenizer.from_pretrained(path)``
-load it with no cloudlib import. :func:`load_authors_checkpoint` reads the authors' released layout
-(HF ``ChangwenXu/CLOUD``, ``subfolder="ckpt"``).
+* :class:`CloudConfig` names an encoder size (:data:`PRESETS`, or a spec ``"L{layers}xD{width}"``);
+  :func:`build_mlm` makes a ``BertForMaskedLM`` with SDPA attention for pre-training and :func:`save` writes it
+  with its tokenizer (safetensors, atomically), so ``AutoModelForMaskedLM.from_pretrained(path)`` and
+  ``AutoTokenizer.from_pretrained(path)`` load it with no cloudlib import; :func:`load_authors_checkpoint` reads
+  the authors' released layout (HF ``ChangwenXu/CLOUD``, ``subfolder="ckpt"``).
+* :func:`build_encoder` gives the encoder a head sits on: pre-trained weights from a folder, or the same
+  architecture randomly initialised (the pre-training ablation), or a size preset.
+* The heads, all on the encoder's ``[CLS]`` state: :class:`CloudPredictor` (one property: dropout ->
+  Linear(H, H) + SiLU -> Linear(H, 1), the authors' head), :class:`CloudDebye` (a Debye temperature through the
+  differentiable Debye integral of :mod:`cloudlib.debye`), :class:`CurveRegressor` (Cv(T) with T as an input).
 """
+
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import BertConfig, BertForMaskedLM
+
+from .errors import ModelError
+from .io import atomic_dir, write_json
 
 
 @dataclass(frozen=True)
@@ -33,7 +46,7 @@ class CloudConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not a multiple of n_head={self.n_head}")
 
-    def replace(self, **kw) -> "CloudConfig":
+    def replace(self, **kw) -> CloudConfig:
         return dataclasses.replace(self, **kw)
 
 
@@ -108,23 +121,43 @@ def flops_per_token(cfg: CloudConfig, n_non_embedding: int, seq_len: float) -> f
     return 6.0 * n_non_embedding + 12.0 * cfg.n_layer * seq_len * cfg.n_embd
 
 
-def config_of(model) -> CloudConfig:
-    """The CloudConfig of a BERT model (for logging and FLOP estimates)."""
-    c = model.config
-    return CloudConfig(
-        n_layer=c.num_hidden_layers, n_head=c.num_attention_heads, n_embd=c.hidden_size,
-        ffn=c.intermediate_size, block_size=c.max_position_embeddings, dropout=c.hidden_dropout_prob,
-    )
+@contextlib.contextmanager
+def quiet_loading():
+    """transformers' progress bars ("Loading weights", "Writing model shards") off, restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def save(model, tokenizer, path: str | os.PathLike) -> Path:
-    """save_pretrained (safetensors) of model and tokenizer into one folder, loadable by Auto* classes."""
+    """save_pretrained (safetensors) of model and tokenizer into one folder, loadable by Auto* classes; the
+    folder is replaced atomically."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)  # unwrap DDP
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
+    with atomic_dir(path) as tmp, quiet_loading():
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     return path
+
+
+def export_encoder(source: str | os.PathLike, dest: str | os.PathLike, card: dict) -> Path:
+    """Copy a saved encoder folder (:func:`save`) to ``dest`` with ``card`` as ``training_summary.json``; the
+    destination is replaced atomically (a reader never sees half an encoder)."""
+    source = Path(source)
+    if not (source / "config.json").is_file():
+        raise ModelError("not a saved model folder (no config.json)", str(source))
+    with atomic_dir(dest) as tmp:
+        for f in source.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        write_json(tmp / "training_summary.json", card)
+    return Path(dest)
 
 
 def load_mlm(path: str | os.PathLike, subfolder: str = ""):
@@ -140,7 +173,7 @@ def load_mlm(path: str | os.PathLike, subfolder: str = ""):
     elif (folder / "vocab.txt").exists():
         tok = from_bert_vocab(folder, block_size=model.config.max_position_embeddings)
     else:
-        raise FileNotFoundError(f"{folder}: neither tokenizer.json nor vocab.txt")
+        raise ModelError("neither tokenizer.json nor vocab.txt", str(folder))
     return model, tok
 
 
@@ -156,3 +189,146 @@ def load_authors_checkpoint(repo_or_path: str = "ChangwenXu/CLOUD", subfolder: s
 
         local = Path(snapshot_download(repo_or_path, allow_patterns=[f"{subfolder}/*"]))
     return load_mlm(local, subfolder)
+
+
+def build_encoder(encoder: str, pretrained: bool = True, seed: int = 0):
+    """(BertModel without pooler, tokenizer) for fine-tuning.
+
+    ``encoder`` is a model folder (:func:`save` or the authors' layout, also as a ``ckpt`` subfolder), a Hugging
+    Face repo id in the authors' layout (needs internet) or a size preset. With ``pretrained=False`` the folder's
+    architecture is initialised at random (seeded by ``seed``): the pre-training ablation.
+    """
+    from transformers import BertModel
+
+    from .paths import resolve
+
+    if encoder in PRESETS or _SPEC.match(str(encoder)):
+        if pretrained:
+            raise ModelError(
+                "is a size preset, which has no pre-trained weights; pass a model folder or pretrained=False", encoder
+            )
+        from .tokenizer import make_tokenizer
+
+        size = preset(encoder)
+        tok = make_tokenizer(block_size=size.block_size)
+        config = bert_config(size, tok)
+    else:
+        folder = resolve(encoder)
+        if folder.is_dir():
+            sub = "ckpt" if (folder / "ckpt" / "config.json").exists() and not (folder / "config.json").exists() else ""
+            if not (folder / sub / "config.json").is_file():
+                raise ModelError("not a model folder (no config.json)", str(folder))
+            with quiet_loading():
+                mlm, tok = load_mlm(folder, sub)
+        elif "/" in str(encoder) and not folder.exists() and not str(encoder).startswith((".", "/")):
+            mlm, tok = load_authors_checkpoint(str(encoder))  # a Hugging Face repo id
+        else:
+            raise ModelError(f"not a model folder and not a size preset ({sorted(PRESETS)})", encoder)
+        if pretrained:
+            bert = mlm.bert
+            bert.config._attn_implementation = "sdpa"
+            return bert, tok
+        config = mlm.config
+        del mlm
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    return BertModel(config, add_pooling_layer=False), tok
+
+
+# --------------------------------------------------------------------------- heads
+
+
+class CloudPredictor(nn.Module):
+    """BERT encoder ([CLS] state) -> dropout -> Linear(H, H) -> SiLU -> Linear(H, 1).
+
+    ``forward`` returns ``[B]`` raw outputs: standardised target units for regression, logits for
+    classification.
+    """
+
+    def __init__(self, encoder: nn.Module, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        h = encoder.config.hidden_size
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, 1))
+
+    @property
+    def block_size(self) -> int:
+        return int(self.encoder.config.max_position_embeddings)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
+        return self.head(hidden).squeeze(-1).float()
+
+
+THETA_MAPS = ("log", "paper")
+
+
+def paper_theta(h: torch.Tensor) -> torch.Tensor:
+    """The paper's map from the head's output to a Debye temperature, Θ = 1200 h + 1500 K (unclamped)."""
+    return 1200.0 * h + 1500.0
+
+
+class CloudDebye(nn.Module):
+    """Encoder -> head -> h -> Θ(h) (K). ``forward`` returns Θ (float64), shape [B]; :mod:`cloudlib.debye`
+    turns Θ into Cv(T), U(T) for any T.
+
+    ``parameterisation="log"``: Θ = exp(μ + σ h) with μ, σ the mean / std of log Θ of the training labels
+    (positive, and h ~ N(0, 1) already spans the training distribution). ``"paper"``: the paper's
+    :func:`paper_theta`, clamped at 1 K because Θ <= 0 has no Debye curve.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        dropout: float = 0.1,
+        log_theta_mean: float = math.log(400.0),
+        log_theta_std: float = 0.5,
+        parameterisation: str = "log",
+    ):
+        super().__init__()
+        if parameterisation not in THETA_MAPS:
+            raise ValueError(f"parameterisation must be one of {THETA_MAPS}, got {parameterisation!r}")
+        self.net = CloudPredictor(encoder, dropout)
+        self.parameterisation = parameterisation
+        self.register_buffer("mu", torch.tensor(float(log_theta_mean), dtype=torch.float64))
+        self.register_buffer("sigma", torch.tensor(float(log_theta_std), dtype=torch.float64))
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.net.encoder
+
+    @property
+    def head(self) -> nn.Module:
+        return self.net.head
+
+    def raw(self, input_ids, attention_mask) -> torch.Tensor:
+        """The head's output h (float64)."""
+        return self.net(input_ids, attention_mask).double()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.raw(input_ids, attention_mask)
+        if self.parameterisation == "log":
+            return torch.exp(self.mu + self.sigma * h)
+        return paper_theta(h).clamp_min(1.0)
+
+
+class CurveRegressor(nn.Module):
+    """Encoder [CLS] and features of T -> dropout -> Linear + SiLU -> Linear -> Cv(T) / 3NR, shape [B, K]."""
+
+    def __init__(self, encoder: nn.Module, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        h = encoder.config.hidden_size
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(h + 3, h), nn.SiLU(), nn.Linear(h, 1))
+
+    @staticmethod
+    def t_features(T: torch.Tensor) -> torch.Tensor:
+        x = torch.log(T.float() / 300.0)
+        return torch.stack([x, x * x / 4.0, torch.exp(-T.float() / 100.0)], dim=-1)  # [K, 3]
+
+    def forward(self, input_ids, attention_mask, T: torch.Tensor) -> torch.Tensor:
+        cls = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
+        f = self.t_features(T.to(cls.device))
+        b, k = cls.shape[0], f.shape[0]
+        z = torch.cat([cls[:, None, :].expand(b, k, -1), f[None].expand(b, k, -1).to(cls.dtype)], dim=-1)
+        return self.head(z).squeeze(-1).float()

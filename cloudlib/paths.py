@@ -1,9 +1,11 @@
-"""Where things live: repository root, data cache, per-profile output folders."""
+"""Where things live: repository root, data cache, per-profile output folders, model paths."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+#: Run profiles of the main job (`params/<profile>.yaml`); see :mod:`cloudlib.config` for presets.
 PROFILES = ("smoke", "laptop", "paper")
 
 
@@ -47,3 +49,22 @@ def output_dirs(profile: str = "smoke") -> tuple[Path, Path]:
     figs.mkdir(parents=True, exist_ok=True)
     res.mkdir(parents=True, exist_ok=True)
     return figs, res
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A path as given when it exists (or is absolute), else the same path under the repository root when that
+    exists (so ``models/cloud-laptop`` works from the notebooks' folder too), else the path as given."""
+    p = Path(path)
+    if p.exists() or p.is_absolute():
+        return p
+    alt = repo_root() / p
+    return alt if alt.exists() else p
+
+
+def display(path: str | os.PathLike) -> str:
+    """``path`` relative to the repository root when it lies inside it (what results files record), else as is."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(repo_root()))
+    except ValueError:
+        return str(path)

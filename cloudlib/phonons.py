@@ -39,17 +39,21 @@ share <= 0.8 %); genuine soft modes are mostly well below -0.5 THz. The second c
 whole branch that is shallowly imaginary (hcp-like Hg: minimum -0.2 THz but 32 % of the modes
 imaginary, so Cv saturates at 2/3 of 3R). ``min_freq_thz`` and ``imag_fraction`` are recorded so a
 stricter rule can be applied afterwards; ``max_imag_fraction=None`` drops the second condition (the rule the
-committed ``data/chgnet_cv`` table was computed with: notebook 05 instead drops rows whose Cv(1000 K) stays below
-90 % of 3NR, which is what a shallowly imaginary branch does to a curve).
+committed ``data/chgnet_cv`` table was computed with: :func:`usable_curves` instead drops rows whose Cv(1000 K)
+stays below :data:`MIN_SATURATION` = 80 % of 3NR, which is what a shallowly imaginary branch does to a curve).
+
+Reading the committed table: :func:`load_table` (curves, temperatures, provenance) and :func:`usable_curves`.
 
 Failures raise :class:`PhononError` subclasses naming the material (``.input``).
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +64,8 @@ from .errors import CloudError
 IMAG_FLOOR_THZ = 0.01
 #: Default temperatures (K) of the committed table.
 TEMPERATURES = (5, 10, 20, 30, 50, 75, 100, 150, 200, 250, 300, 400, 500, 600, 800, 1000)
+#: A usable curve reaches this share of 3NR by 1000 K (a whole shallowly imaginary branch keeps it lower).
+MIN_SATURATION = 0.8
 
 
 class PhononError(CloudError):
@@ -130,12 +136,39 @@ class PhononCv:
         """Flat JSON-able dict: scalar fields plus ``cv_<T>K`` columns (no structure)."""
         row = {k: v for k, v in asdict(self).items() if k not in ("temperatures", "cv", "structure", "settings")}
         for t, c in zip(self.temperatures, self.cv):
-            row[f"cv_{_tlabel(t)}K"] = float(c)
+            row[cv_column(t)] = float(c)
         return row
 
 
-def _tlabel(t: float) -> str:
-    return f"{int(t)}" if float(t).is_integer() else f"{t:g}"
+def cv_column(t: float) -> str:
+    """The table column of Cv at temperature ``t``: ``cv_300K``, ``cv_2.5K``."""
+    return f"cv_{int(t)}K" if float(t).is_integer() else f"cv_{t:g}K"
+
+
+def cv_columns(table) -> tuple[list[str], np.ndarray]:
+    """The ``cv_<T>K`` columns of a table and their temperatures (K), in column order."""
+    cols = [c for c in table.columns if c.startswith("cv_") and c.endswith("K")]
+    return cols, np.array([float(c[3:-1]) for c in cols])
+
+
+def load_table(folder=None):
+    """The committed CHGNet heat-capacity table: ``(table, provenance)`` from ``data/chgnet_cv`` (or ``folder``)."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from .paths import data_dir
+
+    folder = Path(folder) if folder is not None else data_dir() / "chgnet_cv"
+    return pd.read_csv(folder / "chgnet_cv.csv"), json.loads((folder / "provenance.json").read_text())
+
+
+def usable_curves(table, min_saturation: float = MIN_SATURATION):
+    """The rows fit for training and testing: dynamically stable, with a SCOPE string, and with Cv(1000 K) at
+    least ``min_saturation`` x 3NR (see the module docstring). Index reset."""
+    saturates = table["cv_1000K"] >= min_saturation * dulong_petit(table["n_atoms"])
+    return table[table["stable"].astype(bool) & saturates & table["scope"].notna()].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- model
@@ -179,7 +212,9 @@ def _widths(lattice_rows: np.ndarray) -> np.ndarray:
     """Perpendicular widths (distances between opposite faces) of a cell given by row vectors."""
     vol = abs(np.linalg.det(lattice_rows))
     a, b, c = lattice_rows
-    return vol / np.array([np.linalg.norm(np.cross(b, c)), np.linalg.norm(np.cross(c, a)), np.linalg.norm(np.cross(a, b))])
+    return vol / np.array(
+        [np.linalg.norm(np.cross(b, c)), np.linalg.norm(np.cross(c, a)), np.linalg.norm(np.cross(a, b))]
+    )
 
 
 def _conventional_matrix(lattice, frac, numbers, symprec: float) -> np.ndarray | None:
@@ -379,8 +414,17 @@ def phonon_cv(
 
     t0 = time.perf_counter()
     settings = PhononSettings(
-        relax, fmax, relax_steps, symprec, supercell_min_length, max_supercell_atoms, displacement,
-        mesh_length, imaginary_tol_thz, max_imag_fraction, batch_size,
+        relax,
+        fmax,
+        relax_steps,
+        symprec,
+        supercell_min_length,
+        max_supercell_atoms,
+        displacement,
+        mesh_length,
+        imaginary_tol_thz,
+        max_imag_fraction,
+        batch_size,
     )
     temps = np.asarray(temperatures, dtype=float)
     if temps.ndim != 1 or not len(temps) or (temps < 0).any():
@@ -404,7 +448,9 @@ def phonon_cv(
 
     lattice = prim.lattice.matrix
     numbers = [site.specie.Z for site in prim]
-    s, n_sc, length = choose_supercell(lattice, prim.frac_coords, numbers, supercell_min_length, max_supercell_atoms, symprec)
+    s, n_sc, length = choose_supercell(
+        lattice, prim.frac_coords, numbers, supercell_min_length, max_supercell_atoms, symprec
+    )
 
     try:
         ph = Phonopy(_to_phonopy_atoms(prim), supercell_matrix=s, primitive_matrix="P", symprec=1e-4, log_level=0)
@@ -444,8 +490,9 @@ def phonon_cv(
         min_freq_thz=min_freq,
         min_freq_q=q_min,
         imag_fraction=imag_fraction,
-        stable=bool(min_freq >= -imaginary_tol_thz
-                    and (max_imag_fraction is None or imag_fraction <= max_imag_fraction)),
+        stable=bool(
+            min_freq >= -imaginary_tol_thz and (max_imag_fraction is None or imag_fraction <= max_imag_fraction)
+        ),
         energy_ev_per_atom=info["energy_ev_per_atom"],
         volume_change=info["volume_change"],
         relax_steps=info["relax_steps"],

@@ -1,4 +1,8 @@
-"""Run the numbered notebooks headlessly with papermill under a profile (smoke / laptop / paper)."""
+"""Run the numbered notebooks headlessly with papermill under a profile (smoke / laptop / paper).
+
+A profile's ``params/<profile>.yaml`` names, per notebook, the preset of its step and its run sizes; every name
+is checked against the notebook's ``parameters`` cell before anything runs."""
+
 from __future__ import annotations
 
 import ast
@@ -63,18 +67,25 @@ def run(profile: str = "laptop", only: list[str] | None = None, kernel: str = "p
     executed = results / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     report = {"profile": profile, "notebooks": {}}
-    t_all = time.perf_counter()
-    for nb in nbs:
-        defaults = notebook_parameters(nb)
-        params = {"profile": profile, **overrides.get(nb.stem, {})}
-        unknown = set(params) - set(defaults)
+    planned = {}
+    for nb in nbs:  # check every notebook's parameters before running any: a typo fails fast
+        params = {"profile": profile, **(overrides.get(nb.stem) or {})}
+        unknown = set(params) - set(notebook_parameters(nb))
         if unknown:
             raise ValueError(f"{nb.name}: parameters {sorted(unknown)} are not in its parameters cell")
+        planned[nb] = params
+    t_all = time.perf_counter()
+    for nb, params in planned.items():
         print(f"[cloudlib run {profile}] {nb.name} {params}", flush=True)
         t = time.perf_counter()
         pm.execute_notebook(
-            str(nb), str(executed / nb.name), parameters=params, cwd=str(nb.parent),
-            kernel_name=kernel, progress_bar=False, log_output=log,
+            str(nb),
+            str(executed / nb.name),
+            parameters=params,
+            cwd=str(nb.parent),
+            kernel_name=kernel,
+            progress_bar=False,
+            log_output=log,
         )
         report["notebooks"][nb.stem] = {"seconds": round(time.perf_counter() - t, 1), "parameters": params}
         print(f"[cloudlib run {profile}] {nb.name} done in {time.perf_counter() - t:.0f} s", flush=True)

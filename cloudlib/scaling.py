@@ -40,12 +40,14 @@ look precise while the bootstrap intervals for alpha, beta (and, much more so, f
 report the intervals, not just the point estimates. :func:`fit_report` records the log10 span of N
 and D and flags ``exponents_weakly_identified`` when either is below 2 decades.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -72,6 +74,8 @@ __all__ = [
     "confidence_intervals",
     "compute_optimal",
     "fit_report",
+    "analyse",
+    "compute_budgets",
 ]
 
 #: Order of the raw optimisation vector (and of user-supplied ``inits`` columns).
@@ -155,8 +159,9 @@ def _loss_terms(r: np.ndarray, delta: float, huber: bool) -> tuple[np.ndarray, n
     return loss, dloss
 
 
-def _objective_and_grad(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray,
-                        delta: float, huber: bool) -> tuple[float, np.ndarray]:
+def _objective_and_grad(
+    theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray, delta: float, huber: bool
+) -> tuple[float, np.ndarray]:
     # Hand-written 3-term log-sum-exp: this is the inner loop of every L-BFGS-B run, and
     # scipy.special.logsumexp's generality costs several times more on 20-element arrays.
     e, a, b, alpha, beta = theta
@@ -183,10 +188,11 @@ def _objective_and_grad(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, l
     return float(loss), grad
 
 
-def _objective_batch(thetas: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray,
-                     delta: float, huber: bool) -> np.ndarray:
+def _objective_batch(
+    thetas: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray, delta: float, huber: bool
+) -> np.ndarray:
     """Objective for many parameter vectors ``thetas`` (k, 5) at once."""
-    e, a, b, alpha, beta = (thetas[:, j:j + 1] for j in range(5))
+    e, a, b, alpha, beta = (thetas[:, j : j + 1] for j in range(5))
     u = np.stack([a - alpha * logN, b - beta * logD, np.broadcast_to(e, (len(thetas), len(logN)))])
     lse = logsumexp(u, axis=0)
     loss, _ = _loss_terms(lse - logL, delta, huber)
@@ -213,8 +219,9 @@ def _screen(logN, logD, logL, delta, huber, k: int) -> np.ndarray:
     return _GRID[idx[np.argsort(vals[idx])]]
 
 
-def _refine(starts: np.ndarray, logN, logD, logL, delta, huber,
-            bounded: bool = True) -> tuple[np.ndarray, float, bool, tuple[str, ...]]:
+def _refine(
+    starts: np.ndarray, logN, logD, logL, delta, huber, bounded: bool = True
+) -> tuple[np.ndarray, float, bool, tuple[str, ...]]:
     """Run L-BFGS-B from each start; return (best theta, best objective, converged, at_bounds)."""
     # The objective is O(n * delta * |r|): far below 1, so L-BFGS-B's ftol (relative to
     # max(|f|, 1)) would stop it early. Optimise a rescaled objective instead.
@@ -235,8 +242,14 @@ def _refine(starts: np.ndarray, logN, logD, logL, delta, huber,
         x0c = x0 - shift * np.array([0.0, x0[3], x0[4], 0.0, 0.0])
         if bounded:
             x0c = np.clip(x0c, lo, hi)
-        res = minimize(fun, x0c, jac=True, method="L-BFGS-B", bounds=BOUNDS if bounded else None,
-                       options={"maxiter": MAXITER, "ftol": 1e-13, "gtol": 1e-9})
+        res = minimize(
+            fun,
+            x0c,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=BOUNDS if bounded else None,
+            options={"maxiter": MAXITER, "ftol": 1e-13, "gtol": 1e-9},
+        )
         if not np.all(np.isfinite(res.x)) or not np.isfinite(res.fun):
             continue
         if best is None or res.fun < best[1]:
@@ -293,7 +306,7 @@ class HoffmannFit:
         """Predicted loss; ``N`` and ``D`` broadcast against each other."""
         N_ = np.asarray(N, dtype=float)
         D_ = np.asarray(D, dtype=float)
-        out = self.E + self.A / N_ ** self.alpha + self.B / D_ ** self.beta
+        out = self.E + self.A / N_**self.alpha + self.B / D_**self.beta
         return float(out) if np.ndim(out) == 0 else out
 
     @property
@@ -377,17 +390,35 @@ def _make_fit(theta, obj, ok, at, N, D, logN, logD, logL, delta, huber) -> Hoffm
     e, a, b, alpha, beta = (float(v) for v in theta)
     u = np.stack([a - alpha * logN, b - beta * logD, np.full_like(logN, e)])
     resid = logL - logsumexp(u, axis=0)
-    return HoffmannFit(E=_exp(e), A=_exp(a), B=_exp(b), alpha=alpha, beta=beta,
-                       objective=float(obj), n_points=len(logN), residuals=resid, delta=delta,
-                       huber=huber, converged=ok, at_bounds=tuple(at),
-                       log10_span_N=float(np.log10(N.max() / N.min())),
-                       log10_span_D=float(np.log10(D.max() / D.min())),
-                       raw_theta=np.array([e, a, b, alpha, beta]))
+    return HoffmannFit(
+        E=_exp(e),
+        A=_exp(a),
+        B=_exp(b),
+        alpha=alpha,
+        beta=beta,
+        objective=float(obj),
+        n_points=len(logN),
+        residuals=resid,
+        delta=delta,
+        huber=huber,
+        converged=ok,
+        at_bounds=tuple(at),
+        log10_span_N=float(np.log10(N.max() / N.min())),
+        log10_span_D=float(np.log10(D.max() / D.min())),
+        raw_theta=np.array([e, a, b, alpha, beta]),
+    )
 
 
-def fit_hoffmann(N: Sequence[float], D: Sequence[float], L: Sequence[float], delta: float = 1e-3,
-                 inits: Any = None, huber: bool = True, n_starts: int | None = None,
-                 bounded: bool = True) -> HoffmannFit:
+def fit_hoffmann(
+    N: Sequence[float],
+    D: Sequence[float],
+    L: Sequence[float],
+    delta: float = 1e-3,
+    inits: Any = None,
+    huber: bool = True,
+    n_starts: int | None = None,
+    bounded: bool = True,
+) -> HoffmannFit:
     """Fit ``L = E + A/N**alpha + B/D**beta`` by Chinchilla approach 3 (see the module docstring).
 
     ``inits``: ``None`` (screen Chinchilla's 4500-point grid and start L-BFGS-B from the
@@ -405,8 +436,15 @@ def fit_hoffmann(N: Sequence[float], D: Sequence[float], L: Sequence[float], del
     return _make_fit(theta, obj, ok, at, N_, D_, logN, logD, logL, d, bool(huber))
 
 
-def bootstrap(N: Sequence[float], D: Sequence[float], L: Sequence[float], n_boot: int = 200,
-              seed: int = 0, boot_starts: int = DEFAULT_BOOT_STARTS, **fit_kw: Any) -> pd.DataFrame:
+def bootstrap(
+    N: Sequence[float],
+    D: Sequence[float],
+    L: Sequence[float],
+    n_boot: int = 200,
+    seed: int = 0,
+    boot_starts: int = DEFAULT_BOOT_STARTS,
+    **fit_kw: Any,
+) -> pd.DataFrame:
     """Nonparametric bootstrap: refit on ``n_boot`` resamples of the points (with replacement).
 
     Each refit starts from the full-data optimum plus the ``boot_starts`` best points of the
@@ -439,17 +477,26 @@ def bootstrap(N: Sequence[float], D: Sequence[float], L: Sequence[float], n_boot
         for ii in idx:
             theta, obj, ok, at = _refine(starts, logN[ii], logD[ii], logL[ii], delta, huber, bounded)
             e, a, b, alpha, beta = theta
-            rows.append({"E": _exp(e), "A": _exp(a), "B": _exp(b), "alpha": alpha,
-                         "beta": beta, "objective": obj, "converged": ok,
-                         "n_unique": len(np.unique(ii)), "at_bounds": ",".join(at)})
+            rows.append(
+                {
+                    "E": _exp(e),
+                    "A": _exp(a),
+                    "B": _exp(b),
+                    "alpha": alpha,
+                    "beta": beta,
+                    "objective": obj,
+                    "converged": ok,
+                    "n_unique": len(np.unique(ii)),
+                    "at_bounds": ",".join(at),
+                }
+            )
     df = pd.DataFrame(rows)
     df.attrs["estimate"] = full.params()
     df.attrs["fit"] = full.to_dict()
     return df
 
 
-def confidence_intervals(boot_df: pd.DataFrame, level: float = 0.95,
-                         fit: HoffmannFit | None = None) -> pd.DataFrame:
+def confidence_intervals(boot_df: pd.DataFrame, level: float = 0.95, fit: HoffmannFit | None = None) -> pd.DataFrame:
     """Percentile bootstrap intervals, one row per parameter.
 
     Columns ``param, estimate, lo, hi, std, level``. ``estimate`` is ``fit``'s value if given, else
@@ -473,11 +520,16 @@ def confidence_intervals(boot_df: pd.DataFrame, level: float = 0.95,
     for p in PARAM_NAMES:
         v = boot_df[p].to_numpy(dtype=float)
         v = v[np.isfinite(v)]
-        rows.append({"param": p,
-                     "estimate": float(est[p]) if est else float(np.median(v)),
-                     "lo": float(np.quantile(v, q)), "hi": float(np.quantile(v, 1 - q)),
-                     "std": float(np.std(v, ddof=1)) if len(v) > 1 else float("nan"),
-                     "level": lv})
+        rows.append(
+            {
+                "param": p,
+                "estimate": float(est[p]) if est else float(np.median(v)),
+                "lo": float(np.quantile(v, q)),
+                "hi": float(np.quantile(v, 1 - q)),
+                "std": float(np.std(v, ddof=1)) if len(v) > 1 else float("nan"),
+                "level": lv,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -505,7 +557,9 @@ def compute_optimal(fit: HoffmannFit, C: Any, flops_per_token_param: float = 6.0
     if not (fit.alpha > 0 and fit.beta > 0 and fit.A > 0 and fit.B > 0):
         raise ScalingInputError(
             f"needs alpha, beta, A, B > 0 (got alpha={fit.alpha:.4g}, beta={fit.beta:.4g}, "
-            f"A={fit.A:.4g}, B={fit.B:.4g}); no finite compute-optimal allocation", "fit")
+            f"A={fit.A:.4g}, B={fit.B:.4g}); no finite compute-optimal allocation",
+            "fit",
+        )
     s = fit.alpha + fit.beta
     G = (fit.alpha * fit.A / (fit.beta * fit.B)) ** (1.0 / s)
     M = C_ / k
@@ -520,7 +574,8 @@ def compute_optimal(fit: HoffmannFit, C: Any, flops_per_token_param: float = 6.0
 def fit_report(fit: HoffmannFit, ci_df: pd.DataFrame | None = None) -> dict[str, Any]:
     """JSON-ready summary: point estimates, CIs (if ``ci_df``), residual std, n_points, spans."""
     params: dict[str, dict[str, float | None]] = {
-        p: {"estimate": v, "lo": None, "hi": None} for p, v in fit.params().items()}
+        p: {"estimate": v, "lo": None, "hi": None} for p, v in fit.params().items()
+    }
     level = None
     if ci_df is not None:
         for _, row in ci_df.iterrows():
@@ -544,6 +599,37 @@ def fit_report(fit: HoffmannFit, ci_df: pd.DataFrame | None = None) -> dict[str,
         "at_bounds": list(fit.at_bounds),
         "log10_span": {"N": float(fit.log10_span_N), "D": float(fit.log10_span_D)},
         "exponents_weakly_identified": weak,
-        "note": ("N or D spans fewer than 2 decades: alpha/beta are weakly identified; trust the CIs"
-                 if weak else ""),
+        "note": ("N or D spans fewer than 2 decades: alpha/beta are weakly identified; trust the CIs" if weak else ""),
     }
+
+
+# --------------------------------------------------------------------------- the study of notebook 04
+
+
+def analyse(
+    N: Sequence[float], D: Sequence[float], L: Sequence[float], n_boot: int = 200, seed: int = 0
+) -> tuple[HoffmannFit, pd.DataFrame, dict[str, Any]]:
+    """Fit, bootstrap and report in one call: ``(fit, intervals, report)``; the report is :func:`fit_report`
+    plus ``n_boot`` and ``fit_seconds`` (fit + bootstrap wall time)."""
+    import time
+
+    t0 = time.perf_counter()
+    fit = fit_hoffmann(N, D, L)
+    boot = bootstrap(N, D, L, n_boot=n_boot, seed=seed)
+    ci = confidence_intervals(boot, fit=fit)
+    report = fit_report(fit, ci)
+    report.update({"n_boot": int(n_boot), "fit_seconds": round(time.perf_counter() - t0, 1)})
+    return fit, ci, report
+
+
+def compute_budgets(
+    N: Sequence[float],
+    D: Sequence[float],
+    decades_above: float = 6.0,
+    points: int = 9,
+    flops_per_token_param: float = 6.0,
+) -> np.ndarray:
+    """Compute budgets for a compute-optimal plot: from the cheapest run of the data (``k N D``) to
+    ``decades_above`` decades beyond the most expensive one, log-spaced."""
+    c = flops_per_token_param * np.asarray(N, dtype=float) * np.asarray(D, dtype=float)
+    return np.geomspace(c.min(), c.max() * 10.0**decades_above, points)

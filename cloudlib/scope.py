@@ -21,6 +21,7 @@ Symmetry comes from spglib (``symprec=0.01``, ``angle_tolerance=5``: pymatgen's 
 defaults, which the paper used). Sites are numbered by distinct species exactly as SpacegroupAnalyzer
 does, so oxidation-state-decorated species (Fe2+ vs Fe3+) count as different atom types.
 """
+
 from __future__ import annotations
 
 import functools
@@ -136,8 +137,7 @@ def structure_cell(structure: Structure, name: object = None) -> tuple:
         occ = getattr(site.species, "_data", None) or dict(site.species.items())
         if len(occ) != 1 or abs(next(iter(occ.values())) - 1.0) > 1e-8:
             raise DisorderedStructureError(
-                f"site {i} has partial or mixed occupancy ({site.species.formula}); "
-                "SCOPE needs an ordered crystal",
+                f"site {i} has partial or mixed occupancy ({site.species.formula}); SCOPE needs an ordered crystal",
                 name,
             )
         sp = next(iter(occ))
@@ -400,4 +400,8 @@ def parse_scope(scope: str) -> dict:
     toks = comp.split()
     if len(toks) % 2:
         raise ValueError(f"composition section needs element/fraction pairs: {comp!r}")
-    return {"spacegroup": spg, "wyckoffs": wyck.split(), "composition": {e: float(x) for e, x in zip(toks[::2], toks[1::2])}}
+    return {
+        "spacegroup": spg,
+        "wyckoffs": wyck.split(),
+        "composition": {e: float(x) for e, x in zip(toks[::2], toks[1::2])},
+    }

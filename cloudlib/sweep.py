@@ -1,6 +1,6 @@
 """The scaling sweep: MLM pre-training runs over model sizes N x data sizes D, cached and resumable.
 
-Every run pre-trains a fresh encoder with :func:`cloudlib.train.pretrain` on the first ``D`` strings of
+Every run pre-trains a fresh encoder with :func:`cloudlib.pretrain.pretrain` on the first ``D`` strings of
 one fixed, seeded training split of the corpus and is scored on **one fixed validation set** (the same
 held-out strings with the same masks for every run). ``D`` counts unique SCOPE strings; ``N`` counts
 non-embedding parameters (:func:`cloudlib.model.n_params`).
@@ -16,6 +16,7 @@ reused, a half-finished one resumes from its checkpoint, so re-running a sweep o
 ``jobs`` runs go in parallel as separate processes with ``cores // jobs`` torch threads each (small models
 use processes far better than threads).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,63 +25,40 @@ import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """A grid of pre-training runs. ``data_sizes`` entries are unique training strings (None = all)."""
-
-    models: tuple[str, ...]  # presets or "L{layers}xD{width}" specs (cloudlib.model.preset)
-    data_sizes: tuple[int | None, ...]
-    epochs: float = 3.0
-    min_steps: int = 300
-    batch_size: int = 64
-    lr: float = 2e-3
-    warmup_ratio: float = 0.05
-    evals: int = 6  # validation evaluations per run (the best one is the run's loss)
-    eval_max_strings: int | None = 2048  # the fixed validation set (None = the whole validation split)
-    val_fraction: float = 0.2
-    seed: int = 0
-    corpus_limit: int | None = None  # crystals per corpus source (smoke)
-
-    def replace(self, **kw) -> "SweepConfig":
-        return dataclasses.replace(self, **kw)
-
-
-SWEEPS: dict[str, SweepConfig] = {
-    # seconds: 5 x 4 very small runs on a slice of the corpus (checks the machinery, not the science)
-    "smoke": SweepConfig(models=("L1xD16", "L1xD24", "L1xD32", "L2xD32", "L2xD48"), data_sizes=(150, 300, 600, None),
-                         epochs=1.0, min_steps=12, batch_size=32, evals=2, eval_max_strings=256, corpus_limit=150),
-    # the README's main job: 5 sizes (8 k - 350 k non-embedding parameters, 1.6 decades) x 5 data sizes
-    # (1.6 k strings to the whole 25 k training split, 1.2 decades), 3 epochs each; ~5 min on 2 cores
-    "laptop": SweepConfig(models=("L1xD24", "L1xD40", "L2xD48", "L2xD80", "L3xD96"),
-                          data_sizes=(1600, 3200, 6400, 12800, None), epochs=3.0, min_steps=50),
-    # a GPU machine: up to the paper's BERT-base (85 M), 3 decades of N, longer schedules
-    "paper": SweepConfig(models=("L2xD128", "mini", "small", "L6xD384", "medium", "base"),
-                         data_sizes=(2000, 4000, 8000, 16000, None), epochs=20.0, min_steps=2000, batch_size=256,
-                         lr=5e-4, evals=10, eval_max_strings=None),
-}
+from .config import FinetuneConfig, PretrainConfig, SweepConfig
 
 
 def run_name(model: str, size: int | None) -> str:
     return f"{model}_D{'all' if size is None else size}"
 
 
-def pretrain_config(cfg: SweepConfig, model: str, size: int | None, n_train: int, threads: int | None = None):
-    """The :class:`~cloudlib.train.PretrainConfig` of one run (steps from the schedule rule above)."""
-    from .train import PretrainConfig
-
+def pretrain_config(
+    cfg: SweepConfig, model: str, size: int | None, n_train: int, threads: int | None = None
+) -> PretrainConfig:
+    """The :class:`~cloudlib.config.PretrainConfig` of one run (steps from the schedule rule above)."""
     d = n_train if size is None else min(size, n_train)
     steps = max(cfg.min_steps, int(math.ceil(cfg.epochs * d / cfg.batch_size)))
     every = max(1, int(math.ceil(steps / cfg.evals)))
-    return PretrainConfig(model=model, max_steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                          warmup_ratio=cfg.warmup_ratio, val_fraction=cfg.val_fraction, eval_every=every,
-                          eval_max_strings=cfg.eval_max_strings, ckpt_every=every, seed=cfg.seed,
-                          corpus_limit=cfg.corpus_limit, max_train_strings=size, threads=threads)
+    return PretrainConfig(
+        model=model,
+        max_steps=steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup_ratio=cfg.warmup_ratio,
+        val_fraction=cfg.val_fraction,
+        eval_every=every,
+        eval_max_strings=cfg.eval_max_strings,
+        ckpt_every=every,
+        seed=cfg.seed,
+        corpus_limit=cfg.corpus_limit,
+        max_train_strings=size,
+        threads=threads,
+    )
 
 
 def _same_config(run_dir: Path, pcfg) -> bool:
@@ -105,12 +83,21 @@ def _row(run_dir: Path, model: str, size: int | None, seconds: float, reused: bo
     spec = cloud_model.preset(model)
     steps = int(log["step"].iloc[-1])
     return {
-        "run": run_name(model, size), "model": model, "n_layer": spec.n_layer, "n_embd": spec.n_embd,
-        "N": int(config["non_embedding_params"]), "D": int(config["n_train"]), "steps": steps,
+        "run": run_name(model, size),
+        "model": model,
+        "n_layer": spec.n_layer,
+        "n_embd": spec.n_embd,
+        "N": int(config["non_embedding_params"]),
+        "D": int(config["n_train"]),
+        "steps": steps,
         "epochs_seen": round(steps * config["batch_size"] / config["n_train"], 2),
-        "val_loss": float(best["val_loss"]), "val_acc": float(best["val_acc"]), "best_step": int(best["step"]),
-        "val_loss_final": float(log["val_loss"].iloc[-1]), "n_val_strings": int(config.get("eval_max_strings") or config["n_val"]),
-        "seconds": round(seconds, 1), "reused": reused,
+        "val_loss": float(best["val_loss"]),
+        "val_acc": float(best["val_acc"]),
+        "best_step": int(best["step"]),
+        "val_loss_final": float(log["val_loss"].iloc[-1]),
+        "n_val_strings": int(config.get("eval_max_strings") or config["n_val"]),
+        "seconds": round(seconds, 1),
+        "reused": reused,
     }
 
 
@@ -123,7 +110,7 @@ def _init_worker(strings: list[str]) -> None:
 
 
 def _train_one(cfg: SweepConfig, model: str, size: int | None, n_train: int, run_dir: str, threads: int) -> dict:
-    from .train import pretrain
+    from .pretrain import pretrain
 
     pcfg = pretrain_config(cfg, model, size, n_train, threads)
     t0 = time.perf_counter()
@@ -133,23 +120,24 @@ def _train_one(cfg: SweepConfig, model: str, size: int | None, n_train: int, run
 
 
 def _n_train(strings: list[str], cfg: SweepConfig) -> int:
-    from .train import split_strings
+    from .pretrain import split_strings
 
-    return len(split_strings(sorted(set(strings)), cfg.val_fraction, cfg.seed)[0])
+    return len(split_strings(strings, cfg.val_fraction, cfg.seed)[0])
 
 
-def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, strings: list[str] | None = None, jobs: int = 1,
-              progress: bool = True) -> pd.DataFrame:
+def run_sweep(
+    cfg: SweepConfig, out_dir: str | os.PathLike, strings: list[str] | None = None, jobs: int = 1, progress: bool = True
+) -> pd.DataFrame:
     """Train every missing (model, data size) run of ``cfg`` and return one row per run.
 
-    ``strings`` defaults to the offline pre-training corpus (:func:`cloudlib.data.load_pretraining_corpus`).
+    ``strings`` defaults to the offline pre-training corpus (:func:`cloudlib.corpus.load_pretraining_corpus`).
     Columns: run, model, n_layer, n_embd, N, D, steps, epochs_seen, val_loss (best), val_acc, best_step,
     val_loss_final, n_val_strings, seconds (training time of this call; 0 for reused runs), reused.
     """
     from tqdm.auto import tqdm
 
     if strings is None:
-        from .data import load_pretraining_corpus
+        from .corpus import load_pretraining_corpus
 
         corpus, _ = load_pretraining_corpus(limit=cfg.corpus_limit, progress=False)
         strings = list(corpus.index)
@@ -176,7 +164,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, strings: list[str] |
         model, size, _ = item
         spec = cloud_model.preset(model)
         steps = pretrain_config(cfg, model, size, n_train).max_steps
-        return steps * (12 * spec.n_layer * spec.n_embd ** 2 + 1)
+        return steps * (12 * spec.n_layer * spec.n_embd**2 + 1)
 
     todo.sort(key=cost, reverse=True)
     bar = tqdm(total=len(todo), disable=not progress or not todo, desc="scaling sweep", unit="run")
@@ -188,8 +176,9 @@ def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, strings: list[str] |
     else:
         import multiprocessing as mp
 
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(strings,)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(strings,)
+        ) as pool:
             futures = [pool.submit(_train_one, cfg, m, s, n_train, d, threads) for m, s, d in todo]
             for fut in as_completed(futures):
                 rows.append(fut.result())
@@ -199,3 +188,61 @@ def run_sweep(cfg: SweepConfig, out_dir: str | os.PathLike, strings: list[str] |
     order = {m: i for i, m in enumerate(cfg.models)}
     table = table.assign(_o=table["model"].map(order)).sort_values(["_o", "D"]).drop(columns="_o")
     return table.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- downstream
+
+
+def corner_runs(runs: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The ``k`` runs of the grid that test "does a lower MLM loss give a better property model?" first: the
+    corners and the centre, in the order (largest N, all data), (smallest N, all data), (largest N, least
+    data), (middle N, middle D), (smallest N, least data), (middle N, all data), (largest N, middle D)."""
+    ns, ds = np.sort(runs["N"].unique()), np.sort(runs["D"].unique())
+    n_lo, n_mid, n_hi = ns[0], ns[len(ns) // 2], ns[-1]
+    d_lo, d_mid, d_hi = ds[0], ds[len(ds) // 2], ds[-1]
+    corners = [(n_hi, d_hi), (n_lo, d_hi), (n_hi, d_lo), (n_mid, d_mid), (n_lo, d_lo), (n_mid, d_hi), (n_hi, d_mid)]
+    picks, seen = [], set()
+    for n, d in corners:
+        sel = runs[(runs["N"] == n) & (runs["D"] == d)]
+        if len(sel) and sel.index[0] not in seen:
+            seen.add(sel.index[0])
+            picks.append(sel)
+    return pd.concat(picks).head(k) if picks else runs.head(0)
+
+
+def downstream(
+    picks: pd.DataFrame,
+    sweep_dir: str | os.PathLike,
+    config: FinetuneConfig,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    target: str = "n",
+) -> tuple[pd.DataFrame, float]:
+    """Fine-tune each picked run's encoder (``config`` with its ``encoder`` set to the run's model) on ``train``
+    (columns scope, ``target``) and score it on ``test``. Returns one row per run (run, N, D, val_loss,
+    downstream_mae, seconds) and the Spearman correlation of MLM loss and MAE (NaN with fewer than 3 runs)."""
+    from .finetune import fit, predict_strings
+
+    rows = []
+    for _, r in picks.iterrows():
+        cfg = config.replace(pretrained=True, encoder=str(Path(sweep_dir) / r["run"] / "model"))
+        t0 = time.perf_counter()
+        res = fit(list(train["scope"]), train[target].to_numpy(), cfg, progress=False, target_name=target)
+        mae = float(np.mean(np.abs(predict_strings(res, list(test["scope"])) - test[target].to_numpy())))
+        rows.append(
+            {
+                "run": r["run"],
+                "N": r["N"],
+                "D": r["D"],
+                "val_loss": r["val_loss"],
+                "downstream_mae": mae,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+    table = pd.DataFrame(rows, columns=["run", "N", "D", "val_loss", "downstream_mae", "seconds"])
+    rho = (
+        float(table[["val_loss", "downstream_mae"]].corr(method="spearman").iloc[0, 1])
+        if len(table) > 2
+        else float("nan")
+    )
+    return table, rho

@@ -10,17 +10,17 @@ This module offers two tokenizers, both ``transformers`` fast tokenizers of clas
   whitespace token, nothing learned;
 * :func:`from_bert_vocab`: a tokenizer that reproduces, id for id, the CLOUD authors' ``BertTokenizer``
   (a WordPiece ``vocab.txt`` plus the 101 fraction strings as added tokens).
-  :func:`write_authors_style_vocab` writes a folder in that format.
 
 A :class:`ScopeTokenizer` raises :class:`~cloudlib.errors.BlockSizeError` rather than returning a sequence
 longer than its block size (``model_max_length``), unless the caller asks for ``truncation=True``.
 """
+
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
-import itertools
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -29,14 +29,12 @@ from tokenizers.models import WordLevel, WordPiece
 from transformers import PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
 
-from cloudlib.errors import BlockSizeError
-from cloudlib.scope import generator_strings, wyckoff_multiplicities
+from .errors import BlockSizeError
+from .scope import generator_strings, wyckoff_multiplicities
 
 PAD, CLS, SEP, UNK, MASK = "[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"
 SPECIAL_TOKENS = (PAD, CLS, SEP, UNK, MASK)
 SEPARATOR = "|"
-#: The authors' special-token order in their WordPiece vocab.txt (ids 0..4).
-AUTHORS_SPECIAL_TOKENS = (CLS, PAD, SEP, UNK, MASK)
 #: Every fraction the SCOPE composition section can hold, each one token: "0.0", "0.01", ..., "1.0".
 FRACTIONS = tuple(str(round(i / 100, 2)) for i in range(101))
 TOKEN_CLASSES = ("special", "separator", "generator", "wyckoff", "element", "fraction")
@@ -49,7 +47,7 @@ _PREVIEW_CHARS = 60
 
 
 @functools.cache
-def _vocab_blocks() -> dict[str, str]:
+def vocab_blocks() -> dict[str, str]:
     """token -> class of its vocabulary block, in vocabulary order; a token already placed keeps its first block."""
     from pymatgen.core import Element
 
@@ -80,23 +78,7 @@ def build_vocab() -> list[str]:
     Each token appears once: the element symbols B, C, F, O and Y are also generator characters and keep
     their generator id.
     """
-    return list(_vocab_blocks())
-
-
-def token_class(token: str, section: int | None = None) -> str:
-    """Class of a vocabulary token: one of :data:`TOKEN_CLASSES`.
-
-    Without ``section`` the answer is the vocabulary block the token's id lives in, so "O" (a generator
-    character and oxygen) is "generator". Give the SCOPE section the token came from (0 generator,
-    1 Wyckoff, 2 composition) to classify by position instead; :func:`token_classes` does that for a
-    whole string. Raises ``KeyError`` for a token outside the vocabulary.
-    """
-    block = _vocab_blocks()[token]
-    if section is None or block in ("special", "separator"):
-        return block
-    if section == 2 and block == "fraction":
-        return "fraction"
-    return SECTION_CLASSES[section]
+    return list(vocab_blocks())
 
 
 def token_classes(scope: str, add_special_tokens: bool = True) -> list[str]:
@@ -353,27 +335,3 @@ def from_bert_vocab(path: str | os.PathLike, block_size: int = 64) -> ScopeToken
         model_input_names=_MODEL_INPUT_NAMES,
         **_SPECIAL_KWARGS,
     )
-
-
-def write_authors_style_vocab(strings: Iterable[str], directory: str | os.PathLike, vocab_size: int = 300) -> Path:
-    """Write a tokenizer folder the way the CLOUD authors made theirs, for tests and benchmarks.
-
-    Trains ``tokenizers.BertWordPieceTokenizer(lowercase=False)`` on ``strings`` (special tokens
-    ``[CLS] [PAD] [SEP] [UNK] [MASK]`` at ids 0..4), saves ``vocab.txt``, then adds the 101 fractions with
-    transformers 4's Python ``BertTokenizer`` (``BertTokenizerLegacy`` in transformers 5) and saves again,
-    which writes ``added_tokens.json`` and ``tokenizer_config.json``. Returns the folder.
-    """
-    from tokenizers import BertWordPieceTokenizer
-    from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    trainer = BertWordPieceTokenizer(lowercase=False)
-    trainer.train_from_iterator(
-        list(strings), vocab_size=vocab_size, special_tokens=list(AUTHORS_SPECIAL_TOKENS), show_progress=False
-    )
-    trainer.save_model(str(directory))
-    authors = BertTokenizerLegacy.from_pretrained(str(directory), do_lower_case=False)
-    authors.add_tokens(list(FRACTIONS))
-    authors.save_pretrained(str(directory))
-    return directory

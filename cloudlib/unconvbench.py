@@ -40,7 +40,7 @@ defected  unconvbench_defected       vacancydb.json                          ef 
 own metadata leaves units as "TBA"; the usual units of these keys are eV/atom (exfoliation), eV
 (gap, ef), K (Tc) and eV (etot, energy_total).
 
-How files are obtained (same order as :func:`cloudlib.data.fetch`)
+How files are obtained (same order as :func:`cloudlib.registry.fetch`)
 ------------------------------------------------------------------
 1. the cache (``data/cache/unconvbench/...``); 2. figshare, through its public API
 (``https://api.figshare.com/v2/articles/26657428/files`` lists each file's ``download_url`` and
@@ -49,11 +49,12 @@ under the same relative names (``unconvbench/ub_unconvbench_defected.json``,
 ``unconvbench/metadata_validation.json``, ``cloud/unconv/unconvbench_defected/0/test.csv`` ...).
 
 No sha256 of these files could be learnt offline, so they are **not** in
-:data:`cloudlib.data.REGISTRY` (whose entries all carry a pinned sha256). They live in
+:data:`cloudlib.registry.REGISTRY` (whose entries all carry a pinned sha256). They live in
 :data:`FILES` here with ``sha256=None``: such a file is accepted after a content check (JSON
 layout, row count equal to UnconvBench's ``DATASETS_LEN``) and an :class:`UnverifiedDataWarning`.
 Fill in the sha256 once a copy has been seen, and the file is then verified like any other.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,17 +66,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import data
+from . import registry
 from .errors import ChecksumError, DataError, DataUnavailableError
 
 FIGSHARE_ARTICLE = 26657428
 FIGSHARE_LANDING = f"https://figshare.com/articles/dataset/UnconvBench/{FIGSHARE_ARTICLE}"
 FIGSHARE_FILES_API = f"https://api.figshare.com/v2/articles/{FIGSHARE_ARTICLE}/files"
-UNCONVBENCH_CODE = "https://github.com/howardwang1997/unconvbench"
-LICENCE = (
-    "UnconvBench code MIT (github.com/howardwang1997/unconvbench); data figshare 26657428 "
-    "(record licence not verified offline); sources JARVIS-DFT, 2DMatPedia, C2DB, QMOF"
-)
 N_FOLDS = 5
 SPLIT_SEED = 42
 
@@ -97,18 +93,40 @@ class Task:
 TASKS: dict[str, Task] = {
     t.name: t
     for t in [
-        Task("2d_e_exf", "unconvbench_exfoliation", "exfoliation_energy_per_atom", 4527,
-             "2dmatpedia_exfoliation.json", "2D materials (2DMatPedia): exfoliation energy per atom"),
-        Task("2d_e_tot", "unconvbench_2d_e_tot", "etot", 3520,
-             "c2db_atoms.json", "2D materials (C2DB): total energy"),
-        Task("2d_gap", "unconvbench_2d_gap", "gap", 3520,
-             "c2db_atoms.json", "2D materials (C2DB): PBE band gap"),
-        Task("qmof", "unconvbench_qmof", "energy_total", 5106,
-             "qmof_sub.json", "metal-organic frameworks (QMOF subset): total energy"),
-        Task("supercon", "unconvbench_supercon", "Tc", 1058,
-             "jarvis_epc_data_figshare_1058.json", "superconductors (JARVIS e-ph): critical temperature Tc"),
-        Task("defected", "unconvbench_defected", "ef", 530,
-             "vacancydb.json", "defected crystals (JARVIS vacancy database): vacancy formation energy"),
+        Task(
+            "2d_e_exf",
+            "unconvbench_exfoliation",
+            "exfoliation_energy_per_atom",
+            4527,
+            "2dmatpedia_exfoliation.json",
+            "2D materials (2DMatPedia): exfoliation energy per atom",
+        ),
+        Task("2d_e_tot", "unconvbench_2d_e_tot", "etot", 3520, "c2db_atoms.json", "2D materials (C2DB): total energy"),
+        Task("2d_gap", "unconvbench_2d_gap", "gap", 3520, "c2db_atoms.json", "2D materials (C2DB): PBE band gap"),
+        Task(
+            "qmof",
+            "unconvbench_qmof",
+            "energy_total",
+            5106,
+            "qmof_sub.json",
+            "metal-organic frameworks (QMOF subset): total energy",
+        ),
+        Task(
+            "supercon",
+            "unconvbench_supercon",
+            "Tc",
+            1058,
+            "jarvis_epc_data_figshare_1058.json",
+            "superconductors (JARVIS e-ph): critical temperature Tc",
+        ),
+        Task(
+            "defected",
+            "unconvbench_defected",
+            "ef",
+            530,
+            "vacancydb.json",
+            "defected crystals (JARVIS vacancy database): vacancy formation energy",
+        ),
     ]
 }
 _ALIASES = {"exfoliation": "2d_e_exf", "2d_exfoliation": "2d_e_exf"}
@@ -160,14 +178,21 @@ def cloud_csv_name(t: Task, fold: int, split: str) -> str:
 FILES: dict[str, UnconvFile] = {}
 for _t in TASKS.values():
     _n = data_file_name(_t)
-    FILES[_n] = UnconvFile(_n, (f"ub_{_t.ub_name}.json", f"ub_{_t.ub_name}.json.gz"), None, "json", _t.name,
-                           f"UnconvBench {_t.ub_name}: structures and {_t.target}")
+    FILES[_n] = UnconvFile(
+        _n,
+        (f"ub_{_t.ub_name}.json", f"ub_{_t.ub_name}.json.gz"),
+        None,
+        "json",
+        _t.name,
+        f"UnconvBench {_t.ub_name}: structures and {_t.target}",
+    )
     for _fold in range(N_FOLDS):
         for _split in ("train_and_val", "test"):
             _c = cloud_csv_name(_t, _fold, _split)
             FILES[_c] = UnconvFile(_c, (), None, "csv", _t.name, f"CLOUD's SCOPE CSV for {_t.ub_name} fold {_fold}")
-FILES[SPLITS_FILE] = UnconvFile(SPLITS_FILE, ("metadata_validation.json",), None, "splits", None,
-                                "UnconvBench 5-fold splits of every task")
+FILES[SPLITS_FILE] = UnconvFile(
+    SPLITS_FILE, ("metadata_validation.json",), None, "splits", None, "UnconvBench 5-fold splits of every task"
+)
 del _t, _n, _fold, _split, _c
 
 
@@ -214,7 +239,7 @@ def _accept(f: UnconvFile, blob: bytes, source: str) -> None:
 
 
 def _figshare_listing() -> list[dict]:
-    return json.loads(data._download(FIGSHARE_FILES_API))
+    return json.loads(registry.download(FIGSHARE_FILES_API))
 
 
 def _from_figshare(f: UnconvFile) -> bytes:
@@ -222,9 +247,12 @@ def _from_figshare(f: UnconvFile) -> bytes:
     by_name = {e.get("name"): e for e in listing}
     entry = next((by_name[n] for n in f.figshare_names if n in by_name), None)
     if entry is None:
-        raise DataError(f"none of {list(f.figshare_names)} in figshare article {FIGSHARE_ARTICLE} "
-                        f"(it lists {sorted(by_name)[:20]})", f.name)
-    blob = data._download(entry["download_url"])
+        raise DataError(
+            f"none of {list(f.figshare_names)} in figshare article {FIGSHARE_ARTICLE} "
+            f"(it lists {sorted(by_name)[:20]})",
+            f.name,
+        )
+    blob = registry.download(entry["download_url"])
     md5 = entry.get("computed_md5") or entry.get("supplied_md5")
     if md5 and hashlib.md5(blob).hexdigest() != md5:
         raise ChecksumError(f"md5 mismatch with figshare's computed_md5 {md5}", f.name)
@@ -236,14 +264,18 @@ def fetch(name: str) -> Path:
     if name not in FILES:
         raise KeyError(f"unknown UnconvBench file {name!r}")
     f = FILES[name]
-    hint = (f"; get it from {FIGSHARE_LANDING} and place it at $CLOUD_DATA_MIRROR/{name}"
-            if f.figshare_names else f"; place CLOUD's CSV at $CLOUD_DATA_MIRROR/{name}")
+    hint = (
+        f"; get it from {FIGSHARE_LANDING} and place it at $CLOUD_DATA_MIRROR/{name}"
+        if f.figshare_names
+        else f"; place CLOUD's CSV at $CLOUD_DATA_MIRROR/{name}"
+    )
     if f.figshare_names:
         remote, label = (lambda: _from_figshare(f)), f"figshare {FIGSHARE_FILES_API} (article {FIGSHARE_ARTICLE})"
     else:
         remote, label = None, "no public URL (CLOUD did not publish its processed UnconvBench CSVs)"
-    return data.fetch_with(name, lambda blob, source: _accept(f, blob, source), remote=remote, remote_label=label,
-                           hint=hint)
+    return registry.fetch_with(
+        name, lambda blob, source: _accept(f, blob, source), remote=remote, remote_label=label, hint=hint
+    )
 
 
 # --------------------------------------------------------------------------- splits and loaders
@@ -270,8 +302,9 @@ def unconvbench_splits(name: str) -> tuple[dict[int, tuple[list[str], list[str]]
     try:
         raw = json.loads(fetch(SPLITS_FILE).read_text())
         folds = raw["splits"][t.ub_name]
-        return {i: (list(folds[f"fold_{i}"]["train"]), list(folds[f"fold_{i}"]["test"])) for i in range(N_FOLDS)}, \
-            SPLITS_FILE
+        return {
+            i: (list(folds[f"fold_{i}"]["train"]), list(folds[f"fold_{i}"]["test"])) for i in range(N_FOLDS)
+        }, SPLITS_FILE
     except (DataUnavailableError, KeyError):
         return reproduce_splits(name), "reproduced: KFold(5, shuffle=True, random_state=42)"
 

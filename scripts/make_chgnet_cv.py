@@ -20,6 +20,7 @@ Each finished material is appended (one JSON line, flushed and fsynced) to
 loses at most the material in progress. At the end (or with ``--finalize``) the committed outputs are
 written atomically: ``data/chgnet_cv/chgnet_cv.csv`` and ``data/chgnet_cv/provenance.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,13 @@ def _args(argv=None):
     p.add_argument("--mesh-length", type=float, default=60.0)
     p.add_argument("--displacement", type=float, default=0.03, help="A (see cloudlib.phonons)")
     p.add_argument("--imaginary-tol-thz", type=float, default=0.3)
-    p.add_argument("--max-imag-fraction", type=float, default=None,
-                   help="also call a crystal unstable when more than this share of its modes is imaginary "
-                        "(default: off, the rule of the committed table; cloudlib.phonons uses 0.02)")
+    p.add_argument(
+        "--max-imag-fraction",
+        type=float,
+        default=None,
+        help="also call a crystal unstable when more than this share of its modes is imaginary "
+        "(default: off, the rule of the committed table; cloudlib.phonons uses 0.02)",
+    )
     p.add_argument("--out", default=None, help="output folder (default data/chgnet_cv)")
     return p.parse_args(argv)
 
@@ -70,9 +75,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cloudlib import data, paths, phonons  # noqa: E402
+from cloudlib import paths, phonons  # noqa: E402
 from cloudlib.errors import CloudError  # noqa: E402
 from cloudlib.io import write_csv, write_json  # noqa: E402
+from cloudlib.matbench_data import load_matbench  # noqa: E402
+from cloudlib.registry import REGISTRY, fetch  # noqa: E402
 
 DIELECTRIC = "pypi/crystal_toolkit-2026.7.20/matbench_dielectric.json.gz"
 ELASTICITY = "matcalc/mp-binary-pbe-elasticity-2025.1.json.gz"
@@ -103,8 +110,13 @@ def settings(args) -> dict:
         },
     }
     if args.max_imag_fraction is not None:
-        s.update({"max_imag_fraction": args.max_imag_fraction, "imag_floor_thz": phonons.IMAG_FLOOR_THZ,
-                  "stability_rule": "min_freq_thz >= -imaginary_tol_thz and imag_fraction <= max_imag_fraction"})
+        s.update(
+            {
+                "max_imag_fraction": args.max_imag_fraction,
+                "imag_floor_thz": phonons.IMAG_FLOOR_THZ,
+                "stability_rule": "min_freq_thz >= -imaginary_tol_thz and imag_fraction <= max_imag_fraction",
+            }
+        )
     return s
 
 
@@ -123,9 +135,9 @@ def _candidates() -> list[tuple[str, str, object]]:
     from pymatgen.core import Structure
 
     out = []
-    df = data.load_matbench("matbench_dielectric")
+    df = load_matbench("matbench_dielectric")
     out += [(i, "matbench_dielectric", s) for i, s in df["structure"].items()]
-    rows = json.loads(gzip.decompress(data.fetch(ELASTICITY).read_bytes()))
+    rows = json.loads(gzip.decompress(fetch(ELASTICITY).read_bytes()))
     import ast
 
     for r in rows:
@@ -182,7 +194,8 @@ def select(args, log=print) -> list[dict]:
             while bucket:
                 c = bucket.pop(0)
                 if first is not None and (c["structure"].composition.reduced_formula, c["spacegroup"]) == (
-                    first["structure"].composition.reduced_formula, first["spacegroup"]
+                    first["structure"].composition.reduced_formula,
+                    first["spacegroup"],
                 ):
                     continue  # another copy of corundum (the pool is keyed without it)
                 system = c["structure"].composition.chemical_system
@@ -190,8 +203,12 @@ def select(args, log=print) -> list[dict]:
                     continue
                 try:
                     plan = phonons.displacement_plan(
-                        c["structure"], 1e-3, args.supercell_min_length, args.max_supercell_atoms,
-                        args.displacement, name=c["id"],
+                        c["structure"],
+                        1e-3,
+                        args.supercell_min_length,
+                        args.max_supercell_atoms,
+                        args.displacement,
+                        name=c["id"],
                     )
                 except CloudError:
                     continue
@@ -297,7 +314,9 @@ def run(args, ckpt: Path, log=print) -> dict:
             row.pop("name", None)
             _append(ckpt, row)
             n_new += 1
-            log(f"[{len(done) + n_new}/{len(cands)}] {c['id']} {row.get('formula', '')} {msg} ({row.get('wall_s', 0):.1f} s)")
+            log(
+                f"[{len(done) + n_new}/{len(cands)}] {c['id']} {row.get('formula', '')} {msg} ({row.get('wall_s', 0):.1f} s)"
+            )
     except KeyboardInterrupt:
         stop.requested = True
         log("interrupted: the material in progress is not recorded; rerun to resume")
@@ -346,9 +365,23 @@ def _cached_selection(args, ckpt: Path, log) -> list[dict]:
 # --------------------------------------------------------------------------- finalize
 
 COLUMNS = [
-    "id", "source", "formula", "scope", "n_atoms", "spacegroup", "stable", "min_freq_thz", "min_freq_q", "imag_fraction",
-    "energy_ev_per_atom", "volume_change", "relax_converged", "n_displacements", "supercell_atoms",
-    "mesh", "wall_s",
+    "id",
+    "source",
+    "formula",
+    "scope",
+    "n_atoms",
+    "spacegroup",
+    "stable",
+    "min_freq_thz",
+    "min_freq_q",
+    "imag_fraction",
+    "energy_ev_per_atom",
+    "volume_change",
+    "relax_converged",
+    "n_displacements",
+    "supercell_atoms",
+    "mesh",
+    "wall_s",
 ]
 
 
@@ -365,7 +398,7 @@ def finalize(args, ckpt: Path, out: Path, log=print) -> dict:
     uniq.sort(key=lambda r: order.get(r["id"], len(order)))
     ok = [r for r in uniq if r["status"] == "ok"]
     failed = [{"id": r["id"], "source": r["source"], "error": r["error"]} for r in uniq if r["status"] != "ok"]
-    cv_cols = [f"cv_{phonons._tlabel(t)}K" for t in s["temperatures_K"]]
+    cv_cols = [phonons.cv_column(t) for t in s["temperatures_K"]]
     table = pd.DataFrame([{k: r.get(k) for k in COLUMNS + cv_cols} for r in ok], columns=COLUMNS + cv_cols)
     table["mesh"] = table["mesh"].map(lambda m: "x".join(str(x) for x in m) if isinstance(m, list) else m)
     table["min_freq_q"] = table["min_freq_q"].map(lambda q: " ".join(f"{x:g}" for x in q) if isinstance(q, list) else q)
@@ -378,8 +411,12 @@ def finalize(args, ckpt: Path, out: Path, log=print) -> dict:
     sessions = _read_jsonl(ckpt.with_suffix(".sessions.jsonl"))
     sources = {}
     for name in (DIELECTRIC, ELASTICITY):
-        ds = data.REGISTRY[name]
-        sources[name] = {"sha256": ds.sha256, "url": ds.url or f"PyPI {ds.archive} :: {ds.member}", "licence": ds.licence}
+        ds = REGISTRY[name]
+        sources[name] = {
+            "sha256": ds.sha256,
+            "url": ds.url or f"PyPI {ds.archive} :: {ds.member}",
+            "licence": ds.licence,
+        }
     n_stable = int(table["stable"].sum()) if len(table) else 0
     prov = {
         "description": (
@@ -388,9 +425,13 @@ def finalize(args, ckpt: Path, out: Path, log=print) -> dict:
             "classical limit). CHGNet forces, phonopy finite displacements. Rows with stable=False have "
             "imaginary modes (see settings.stability_rule) and should be filtered out for training."
         ),
-        "units": {"cv_*K": "J/(K mol of cells)", "min_freq_thz": "THz (negative = imaginary)",
-                  "energy_ev_per_atom": "eV/atom (CHGNet)", "volume_change": "relaxed/input volume - 1",
-                  "wall_s": "s per material (1 CPU thread)"},
+        "units": {
+            "cv_*K": "J/(K mol of cells)",
+            "min_freq_thz": "THz (negative = imaginary)",
+            "energy_ev_per_atom": "eV/atom (CHGNet)",
+            "volume_change": "relaxed/input volume - 1",
+            "wall_s": "s per material (1 CPU thread)",
+        },
         "counts": {
             "selected": len(order) or None,
             "computed": len(table),

@@ -1,8 +1,9 @@
-"""Shared fixtures. Real data comes through cloudlib.data.fetch (cache -> canonical URL -> mirror).
+"""Shared fixtures. Real data comes through cloudlib.registry.fetch (cache -> canonical URL -> mirror).
 
 Without any reachable source a data test is skipped with the reason, except under CI (``$CI`` set),
 where it fails: CI always has the mirror, so a skip there would hide a broken data path.
 """
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ import os
 import pandas as pd
 import pytest
 
-from cloudlib import data
+from cloudlib import matbench_data, registry
 from cloudlib.errors import DataUnavailableError
 
 NACL = "1 6 a O D D a D O D b O O O c O O O d O O O e O O O 0 | 4a 4b | Na 0.5 Cl 0.5"
@@ -19,7 +20,7 @@ NACL = "1 6 a O D D a D O D b O O O c O O O d O O O e O O O 0 | 4a 4b | Na 0.5 C
 def need(name: str):
     """Path of registry file ``name``; skip (or fail under CI) when it cannot be had."""
     try:
-        return data.fetch(name)
+        return registry.fetch(name)
     except DataUnavailableError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"CI is set but {name} is unavailable: {exc}")
@@ -39,10 +40,10 @@ def need_call(fn, *args, **kw):
 @pytest.fixture(scope="session")
 def dielectric_structures() -> pd.DataFrame:
     """The full matbench_dielectric (4,764 structures, index = MatBench id)."""
-    return need_call(data.load_matbench, "matbench_dielectric")
+    return need_call(matbench_data.load_matbench, "matbench_dielectric")
 
 
 @pytest.fixture(scope="session")
 def paper_scope() -> pd.DataFrame:
     """The authors' fold-0 SCOPE strings with MatBench ids."""
-    return need_call(data.load_paper_dielectric_scope)
+    return need_call(matbench_data.load_paper_dielectric_scope)

@@ -1,4 +1,5 @@
 """Data layer: verified fetching (loopback HTTP server, mirror fallback, corruption), MatBench, corpus."""
+
 from __future__ import annotations
 
 import functools
@@ -9,9 +10,10 @@ import threading
 import pytest
 from conftest import need
 
-from cloudlib import data
-from cloudlib.data import REGISTRY, Dataset, fetch
+from cloudlib import matbench_data
+from cloudlib.corpus import corpus_sources, load_pretraining_corpus
 from cloudlib.errors import ChecksumError, DataUnavailableError
+from cloudlib.registry import REGISTRY, Dataset, fetch
 
 PAYLOAD = b"scope,n\n1 6 a | 4a 4b | Na 0.5 Cl 0.5,1.5\n"
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -121,28 +123,30 @@ def test_matbench_dielectric_and_official_split(dielectric_structures):
     assert df.index[0] == "mb-dielectric-0001" and df.index[-1] == "mb-dielectric-4764"
     assert (df["n"] >= 1).all()
     mad = (df["n"] - df["n"].mean()).abs().mean()  # MatBench's own metadata pins the data down
-    assert mad == pytest.approx(data.matbench_metadata("matbench_dielectric")["mad"], rel=1e-9)
-    folds = [data.matbench_split("matbench_dielectric", f) for f in range(5)]
+    assert mad == pytest.approx(matbench_data.matbench_metadata("matbench_dielectric")["mad"], rel=1e-9)
+    folds = [matbench_data.matbench_split("matbench_dielectric", f) for f in range(5)]
     tests = [set(t) for _, t in folds]
     assert sum(map(len, tests)) == 4764 and set().union(*tests) == set(df.index)  # folds partition the data
     for train, test in folds:
         assert not set(train) & set(test) and len(train) + len(test) == 4764
     assert len(folds[0][0]) == 3811 and len(folds[0][1]) == 953
-    assert data.matbench_metadata("matbench_dielectric")["target"] == "n"
+    assert matbench_data.matbench_metadata("matbench_dielectric")["target"] == "n"
     with pytest.raises(KeyError, match="fold_5"):
-        data.matbench_split("matbench_dielectric", 5)
+        matbench_data.matbench_split("matbench_dielectric", 5)
 
 
 def test_other_matbench_tasks_fail_clearly_offline(monkeypatch):
-    monkeypatch.setattr(data, "_matbench_from_matminer", lambda task: (_ for _ in ()).throw(OSError("no network")))
+    monkeypatch.setattr(
+        matbench_data, "_matbench_from_matminer", lambda task: (_ for _ in ()).throw(OSError("no network"))
+    )
     with pytest.raises(DataUnavailableError, match="matbench_log_gvrh.*no network"):
-        data.load_matbench("matbench_log_gvrh")
+        matbench_data.load_matbench("matbench_log_gvrh")
 
 
 def test_corpus_sources_and_provenance(tmp_path, monkeypatch):
     monkeypatch.setenv("CLOUD_HOME", str(tmp_path))  # derived files go to a scratch tree
-    corpus, table = data.load_pretraining_corpus(limit=25, progress=False)
-    sources = set(data.corpus_sources())
+    corpus, table = load_pretraining_corpus(limit=25, progress=False)
+    sources = set(corpus_sources())
     assert set(table.index) == sources | {"total (deduplicated)"}
     body = table.drop(index="total (deduplicated)")
     if (body["note"] != "").any() and __import__("os").environ.get("CI"):
@@ -153,19 +157,24 @@ def test_corpus_sources_and_provenance(tmp_path, monkeypatch):
     assert set(corpus["source"]) <= sources
     assert all(" | " in s and len(s.split(" | ")) == 3 for s in corpus.index)
     # second call reads the cache
-    again, _ = data.load_pretraining_corpus(limit=25, progress=False)
+    again, _ = load_pretraining_corpus(limit=25, progress=False)
     assert again.equals(corpus)
 
 
 def test_every_corpus_source_keeps_every_crystal():
     """Loader ids must be unique: a repeated key would silently drop crystals (AFLOW labels repeat)."""
     documented = {
-        "cloud_10k": 10000, "matbench_dielectric": 4764, "matminer_flla_2015": 3938,
-        "matminer_elastic_tensor": 1181, "matminer_dielectric_constant": 1056,
-        "pymatgen_aflow_prototypes": 288, "cdvae_perov_5": 3787 + 3785,
-        "matcalc_mp_elasticity": 3953, "matcalc_wbm": 972,
+        "cloud_10k": 10000,
+        "matbench_dielectric": 4764,
+        "matminer_flla_2015": 3938,
+        "matminer_elastic_tensor": 1181,
+        "matminer_dielectric_constant": 1056,
+        "pymatgen_aflow_prototypes": 288,
+        "cdvae_perov_5": 3787 + 3785,
+        "matcalc_mp_elasticity": 3953,
+        "matcalc_wbm": 972,
     }
-    loaders = data.corpus_sources()
+    loaders = corpus_sources()
     assert set(loaders) == set(documented)
     for name, loader in loaders.items():
         from conftest import need_call
@@ -180,6 +189,6 @@ def test_splits_agree_with_matbench_itself():
     mb = MatbenchBenchmark(autoload=False, subset=["matbench_dielectric"])
     task = mb.matbench_dielectric
     for fold in range(5):
-        train, test = data.matbench_split("matbench_dielectric", fold)
+        train, test = matbench_data.matbench_split("matbench_dielectric", fold)
         key = task.folds_keys[fold]
         assert list(task.validation[key].train) == train and list(task.validation[key].test) == test

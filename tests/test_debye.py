@@ -1,4 +1,5 @@
 """cloudlib.debye: accuracy vs scipy quad, limits, autograd, broadcasting, inverse, input errors."""
+
 from __future__ import annotations
 
 import math
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from cloudlib import debye
-from cloudlib.debye import R, DebyeInputError, heat_capacity, internal_energy
+from cloudlib.debye import DebyeInputError, R, heat_capacity, internal_energy
 from cloudlib.errors import InvalidTargetError
 
 F64 = torch.float64
@@ -113,8 +114,9 @@ def test_gradcheck_theta_and_T():
     T = t64([3000.0, 5.0, 10.0, 0.5, 1.0001], grad=True)
     assert torch.autograd.gradcheck(lambda a, b: heat_capacity(a, b, 2), (theta, T), eps=1e-6, atol=1e-9, rtol=1e-6)
     # U ~ 3NRT ~ 1e5 J/mol: a larger step keeps the finite-difference round-off (|U| eps_mach / h) small
-    assert torch.autograd.gradcheck(lambda a, b: internal_energy(a, b, 2, zero_point=True), (theta, T),
-                                    eps=1e-4, atol=1e-7, rtol=1e-6)
+    assert torch.autograd.gradcheck(
+        lambda a, b: internal_energy(a, b, 2, zero_point=True), (theta, T), eps=1e-4, atol=1e-7, rtol=1e-6
+    )
     assert torch.autograd.gradgradcheck(lambda a, b: heat_capacity(a, b), (theta, T), eps=1e-6, atol=1e-8, rtol=1e-5)
 
 
@@ -210,11 +212,19 @@ def test_theta_from_cv_unreachable(bad, row):
 
 
 # ----------------------------------------------------------------------------- input errors
-@pytest.mark.parametrize("kw,name", [
-    (dict(theta=-1.0), "theta"), (dict(theta=0.0), "theta"), (dict(theta=float("nan")), "theta"),
-    (dict(T=0.0), "T"), (dict(T=np.array([1.0, float("nan")])), "T"), (dict(T=float("inf")), "T"),
-    (dict(n_atoms=0), "n_atoms"), (dict(n_atoms=-2), "n_atoms"),
-])
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        (dict(theta=-1.0), "theta"),
+        (dict(theta=0.0), "theta"),
+        (dict(theta=float("nan")), "theta"),
+        (dict(T=0.0), "T"),
+        (dict(T=np.array([1.0, float("nan")])), "T"),
+        (dict(T=float("inf")), "T"),
+        (dict(n_atoms=0), "n_atoms"),
+        (dict(n_atoms=-2), "n_atoms"),
+    ],
+)
 @pytest.mark.parametrize("fn", ["heat_capacity", "internal_energy", "paper_heat_capacity"])
 def test_bad_inputs_name_the_argument(kw, name, fn):
     args = dict(theta=300.0, T=100.0, n_atoms=1) | kw

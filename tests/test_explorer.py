@@ -4,6 +4,7 @@ The browser tests drive the Debian ``chromium`` through its matching ``chromedri
 Without them they are skipped with the reason, except under CI (``$CI`` set), where they fail: CI
 installs both (``.ci/run``), so a skip there would hide a broken page.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,6 @@ from cloudlib import debye
 from cloudlib.explorer import explorer_html, write_explorer
 
 ROOT = Path(__file__).resolve().parent.parent
-SCREENSHOT = ROOT / "figures" / "test_artifacts" / "explorer.png"
 R = debye.R
 NASTY = 'Evil</script><b id="injected">x</b> & "q" \u2028 mp-666'
 
@@ -32,18 +32,21 @@ def debye_cv(theta: float, n_atoms: float, T: float) -> float:
 
 
 def table() -> pd.DataFrame:
-    return pd.DataFrame({
-        "name": ["NaCl mp-22862", "Si mp-149", "MgO mp-1265", "C mp-66", NASTY],
-        "scope": ["1 6 a O D D | 4a 4b | Na 0.5 Cl 0.5", "Si scope", "MgO scope", "C scope", "<scope>"],
-        "theta": [321.0, 645.0, 946.0, 2230.0, 150.0],
-        "n_atoms": [2, 2, 2, 2, 3],
-        "cv300_true": [48.9, 40.1, np.nan, 12.0, 70.0],
-        "cv300_pred": [48.1, 39.5, 33.0, 11.4, 69.0],
-    })
+    return pd.DataFrame(
+        {
+            "name": ["NaCl mp-22862", "Si mp-149", "MgO mp-1265", "C mp-66", NASTY],
+            "scope": ["1 6 a O D D | 4a 4b | Na 0.5 Cl 0.5", "Si scope", "MgO scope", "C scope", "<scope>"],
+            "theta": [321.0, 645.0, 946.0, 2230.0, 150.0],
+            "n_atoms": [2, 2, 2, 2, 3],
+            "cv300_true": [48.9, 40.1, np.nan, 12.0, 70.0],
+            "cv300_pred": [48.1, 39.5, 33.0, 11.4, 69.0],
+        }
+    )
 
 
-REFS = {"NaCl mp-22862": {"T": [50, 100, 200, 300, 600], "cv": [22.0, 38.0, 46.5, 48.4, 49.5],
-                          "label": "CHGNet phonons"}}
+REFS = {
+    "NaCl mp-22862": {"T": [50, 100, 200, 300, 600], "cv": [22.0, 38.0, 46.5, 48.4, 49.5], "label": "CHGNet phonons"}
+}
 
 
 def embedded(text: str) -> dict:
@@ -56,8 +59,7 @@ def embedded(text: str) -> dict:
 
 
 def test_page_is_self_contained_and_embeds_the_data(tmp_path):
-    path = write_explorer(table(), tmp_path / "sub" / "explorer.html", title="A <test> & title",
-                          reference_curves=REFS)
+    path = write_explorer(table(), tmp_path / "sub" / "explorer.html", title="A <test> & title", reference_curves=REFS)
     assert path == tmp_path / "sub" / "explorer.html" and path.is_file()
     text = path.read_text()
     assert not re.search(r"""(?:src|href|action)\s*=\s*["']?\s*(?:https?:)?//""", text, re.I)
@@ -112,13 +114,18 @@ def browser():
     chromium = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
     driver_exe = shutil.which("chromedriver")
     if not chromium or not driver_exe:
-        _unavailable("chromium and chromedriver are not installed "
-                     "(apt-get install chromium chromium-driver)")
+        _unavailable("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1240,900", "--force-device-scale-factor=1",
-                "--host-resolver-rules=MAP * ~NOTFOUND"):  # any network request would fail loudly
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1240,900",
+        "--force-device-scale-factor=1",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+    ):  # any network request would fail loudly
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # An explicit driver path: selenium-manager (which would go online) is not consulted.
@@ -132,8 +139,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def page(browser, tmp_path_factory):
-    path = write_explorer(table(), tmp_path_factory.mktemp("explorer") / "explorer.html",
-                          reference_curves=REFS)
+    path = write_explorer(table(), tmp_path_factory.mktemp("explorer") / "explorer.html", reference_curves=REFS)
     browser.get(path.as_uri())
     return browser
 
@@ -148,8 +154,11 @@ def readout(drv) -> tuple[str, float, float]:
 
 
 def set_slider(drv, T: int):
-    drv.execute_script("const s = document.getElementById('temp-slider'); s.value = arguments[0];"
-                       "s.dispatchEvent(new Event('input', {bubbles: true}));", str(T))
+    drv.execute_script(
+        "const s = document.getElementById('temp-slider'); s.value = arguments[0];"
+        "s.dispatchEvent(new Event('input', {bubbles: true}));",
+        str(T),
+    )
 
 
 def test_loads_without_errors_and_reads_out(page):
@@ -167,10 +176,8 @@ def test_loads_without_errors_and_reads_out(page):
 
 
 def test_js_debye_matches_quadrature(page):
-    cases = [(theta, n, T) for theta in (50.0, 321.0, 2230.0) for n in (1, 7)
-             for T in (1.0, 10.0, 77.0, 300.0, 1499.0)]
-    got = page.execute_script(
-        "return arguments[0].map(c => cloudExplorer.debyeCv(c[0], c[1], c[2]));", cases)
+    cases = [(theta, n, T) for theta in (50.0, 321.0, 2230.0) for n in (1, 7) for T in (1.0, 10.0, 77.0, 300.0, 1499.0)]
+    got = page.execute_script("return arguments[0].map(c => cloudExplorer.debyeCv(c[0], c[1], c[2]));", cases)
     want = [debye_cv(*c) for c in cases]
     np.testing.assert_allclose(got, want, rtol=1e-10)
     # high-temperature limit: Dulong-Petit
@@ -215,8 +222,9 @@ def test_choosing_and_searching_materials(page):
 
     search.clear()
     search.send_keys("evil")  # names are data: shown verbatim, never parsed as HTML
-    assert [o.text for o in page.find_elements("css selector", "#material option")] == \
-        [" ".join(NASTY.replace("\u2028", " ").split())]
+    assert [o.text for o in page.find_elements("css selector", "#material option")] == [
+        " ".join(NASTY.replace("\u2028", " ").split())
+    ]
     assert NASTY.split("\u2028")[0].strip() in readout(page)[0]
     assert not page.find_elements("id", "injected")
     search.clear()
@@ -225,9 +233,13 @@ def test_choosing_and_searching_materials(page):
     assert errors(page) == []
 
 
-def test_screenshot(page):
+def test_screenshot(page, tmp_path):
+    """Saved under $CLOUD_TEST_ARTIFACTS when set (CI keeps it), else in pytest's temporary folder; never in
+    the repository."""
     page.execute_script("cloudExplorer.setTemperature(250)")
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    assert page.save_screenshot(str(SCREENSHOT))
-    assert SCREENSHOT.stat().st_size > 10_000
+    folder = Path(os.environ.get("CLOUD_TEST_ARTIFACTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    shot = folder / "explorer.png"
+    assert page.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
     assert errors(page) == []

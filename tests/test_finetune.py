@@ -1,4 +1,5 @@
 """Fine-tuning: splits and scaling, determinism, a real (weak) learning check, save/load, predict, CLI."""
+
 from __future__ import annotations
 
 import itertools
@@ -14,29 +15,24 @@ from conftest import NACL, need_call
 from pymatgen.core import Element, Lattice, Structure
 from scipy.stats import spearmanr
 
-from cloudlib import data
-from cloudlib.__main__ import main
-from cloudlib.errors import BlockSizeError, InvalidTargetError
-from cloudlib.finetune import (
-    PROFILES,
-    CloudPredictor,
-    FinetuneConfig,
-    fit,
-    load_predictor,
-    predict,
-    predict_strings,
-    save_predictor,
-)
+from cloudlib import matbench_data
+from cloudlib.cli import main
+from cloudlib.config import FinetuneConfig, preset
+from cloudlib.errors import BlockSizeError, InvalidTargetError, ModelError
+from cloudlib.finetune import fit, predict_strings
+from cloudlib.model import CloudPredictor
+from cloudlib.predictor import load_predictor, predict, save_predictor
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = FinetuneConfig(encoder="tiny", pretrained=False, epochs=2, batch_size=32, lr=1e-3, head_lr=2e-3,
-                      val_fraction=0.2, seed=0)
+TINY = FinetuneConfig(
+    encoder="tiny", pretrained=False, epochs=2, batch_size=32, lr=1e-3, head_lr=2e-3, val_fraction=0.2, seed=0
+)
 TOO_LONG = " ".join([NACL] + ["Na 0.5"] * 30)
 
 
 @pytest.fixture(scope="module")
 def paper() -> pd.DataFrame:
-    return need_call(data.load_paper_dielectric_scope)
+    return need_call(matbench_data.load_paper_dielectric_scope)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +87,7 @@ def test_short_pretrained_fit_learns(paper):
     """The shipped encoder, 2 epochs on 1,700 strings: positive rank correlation on 300 test rows."""
     train = paper[paper["split"] == "train_and_val"].iloc[:1700]
     test = paper[paper["split"] == "test"].iloc[:300]
-    cfg = PROFILES["laptop"].replace(epochs=2, batch_size=32, lr=2e-4, head_lr=1e-3)
+    cfg = preset("finetune", "laptop", epochs=2, batch_size=32, lr=2e-4, head_lr=1e-3)
     res = fit(train["scope"], train["n"], cfg, progress=False)
     pred = predict_strings(res, test["scope"])
     assert pred.shape == (300,) and np.isfinite(pred).all()
@@ -122,7 +118,7 @@ def test_bad_targets_and_strings_are_named(small):
         fit(strings, labels, TINY.replace(task="classification"), progress=False)
     with pytest.raises(BlockSizeError, match="block_size=64"):
         fit(strings[:10] + [TOO_LONG], y[:11] * 0 + 1, TINY, progress=False)
-    with pytest.raises(ValueError, match="no pre-trained weights"):
+    with pytest.raises(ModelError, match="no pre-trained weights"):
         fit(strings, small["n"].iloc[:40], TINY.replace(pretrained=True), progress=False)
 
 
@@ -137,15 +133,21 @@ def test_classification_on_a_real_binary_target(small):
 
 def test_save_load_round_trip(tiny, saved, small):
     names = {p.name for p in saved.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "head.safetensors", "predictor.json",
-            "history.csv"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "head.safetensors",
+        "predictor.json",
+        "history.csv",
+    } <= names
     meta = json.loads((saved / "predictor.json").read_text())
     assert meta["task"] == "regression" and meta["target"] == "n" and meta["mean"] == tiny.mean
     assert meta["config"]["encoder"] == "tiny"
     back = load_predictor(saved)
     strings = small["scope"].iloc[:64]
     assert np.array_equal(predict_strings(tiny, strings), predict_strings(back, strings))
-    assert np.array_equal(predict_strings(tiny, strings), predict_strings(str(saved), strings))
+    assert np.array_equal(predict_strings(tiny, strings), predict_strings(load_predictor(str(saved)), strings))
     assert back.history["train_loss"].tolist() == pytest.approx(tiny.history["train_loss"].tolist())
     save_predictor(back, saved)  # overwrite in place; no temporary folders left behind
     assert sorted(p.name for p in saved.parent.iterdir()) == [saved.name]
@@ -221,8 +223,12 @@ def test_cli_exit_codes(saved, cif_folders, tmp_path, capsys):
     capsys.readouterr()
     # the real command line, on a folder with bad files: every row written, exit 2
     out = tmp_path / "mixed.csv"
-    r = subprocess.run([sys.executable, "-m", "cloudlib", "predict", str(mixed), "--model", str(saved),
-                        "-o", str(out), "-q"], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "cloudlib", "predict", str(mixed), "--model", str(saved), "-o", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 2, r.stderr
     df = pd.read_csv(out)
     assert len(df) == 6 and df["prediction"].notna().sum() == 2 and df["error"].notna().sum() == 4
@@ -231,8 +237,9 @@ def test_cli_exit_codes(saved, cif_folders, tmp_path, capsys):
 
 def test_shipped_dielectric_predictor_works_out_of_the_box():
     """models/cloud-dielectric-laptop is what cloudlib.predict uses by default."""
-    import cloudlib
     from pymatgen.core import Lattice, Structure
+
+    import cloudlib
 
     nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     broken = Structure(Lattice.cubic(4), [{"Fe": 0.5, "Ni": 0.5}], [[0, 0, 0]])

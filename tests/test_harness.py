@@ -1,11 +1,12 @@
 """The harness: pyproject vs environment.yml, notebook hygiene, profile parameter files."""
+
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from cloudlib import paths, runner
@@ -65,3 +66,65 @@ def test_ci_runs_the_readme_commands():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "bash scripts/run_all.sh" in readme and "bash scripts/test.sh" in readme
     assert "bash scripts/test.sh" in ci
+
+
+def _tiny_project(root: Path, extra_params: str = "") -> None:
+    """A project folder with one numbered notebook (a parameters cell and a cell that writes its values)."""
+    (root / "notebooks").mkdir(parents=True)
+    (root / "params").mkdir()
+    cells = [
+        {"cell_type": "markdown", "id": "a", "metadata": {}, "source": ["# 01 tiny"]},
+        {
+            "cell_type": "code",
+            "id": "b",
+            "metadata": {"tags": ["parameters"]},
+            "execution_count": None,
+            "outputs": [],
+            "source": ['profile = "smoke"\n', "n = 1\n"],
+        },
+        {
+            "cell_type": "code",
+            "id": "c",
+            "metadata": {},
+            "execution_count": None,
+            "outputs": [],
+            "source": [
+                "import json, pathlib\n",
+                "pathlib.Path('out.json').write_text(json.dumps({'profile': profile, 'n': n}))",
+            ],
+        },
+    ]
+    nb = {
+        "cells": cells,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    (root / "notebooks" / "01_tiny.ipynb").write_text(json.dumps(nb))
+    (root / "params" / "laptop.yaml").write_text("01_tiny:\n  n: 7\n" + extra_params)
+
+
+def test_runner_executes_with_profile_parameters(tmp_path, monkeypatch):
+    _tiny_project(tmp_path)
+    monkeypatch.setenv("CLOUD_HOME", str(tmp_path))
+    report = runner.run("laptop", log=False)
+    assert json.loads((tmp_path / "notebooks" / "out.json").read_text()) == {"profile": "laptop", "n": 7}
+    assert (tmp_path / "results" / "executed" / "01_tiny.ipynb").is_file()
+    written = json.loads((tmp_path / "results" / "run_laptop.json").read_text())
+    assert (
+        written["notebooks"]["01_tiny"]["parameters"]
+        == {"profile": "laptop", "n": 7}
+        == report["notebooks"]["01_tiny"]["parameters"]
+    )
+    assert written["seconds"] >= written["notebooks"]["01_tiny"]["seconds"] > 0
+
+
+def test_runner_refuses_unknown_parameters_and_notebooks(tmp_path, monkeypatch):
+    _tiny_project(tmp_path, extra_params="02_missing:\n  x: 1\n")
+    monkeypatch.setenv("CLOUD_HOME", str(tmp_path))
+    with pytest.raises(ValueError, match="02_missing"):
+        runner.run("laptop", log=False)
+    (tmp_path / "params" / "laptop.yaml").write_text("01_tiny:\n  m: 7\n")
+    with pytest.raises(ValueError, match=r"\['m'\]"):
+        runner.run("laptop", log=False)
+    assert not (tmp_path / "notebooks" / "out.json").exists()  # refused before anything ran

@@ -15,6 +15,7 @@ backend) are started in subprocesses on free 127.0.0.1 ports:
 
 No network beyond loopback; every wait is bounded.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -159,15 +160,30 @@ def _optimade_server(workdir: Path, config: dict):
     base = f"http://127.0.0.1:{port}"
     log = open(workdir / "server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "optimade.server.main:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "optimade.server.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=workdir,
     )
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"OPTIMADE server exited ({proc.returncode}):\n{(workdir / 'server.log').read_text()[-3000:]}")
+                pytest.fail(
+                    f"OPTIMADE server exited ({proc.returncode}):\n{(workdir / 'server.log').read_text()[-3000:]}"
+                )
             try:
                 if requests.get(f"{base}/v1/info", timeout=2).status_code == 200:
                     break
@@ -205,8 +221,13 @@ def bundled(tmp_path_factory):
 def curated(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("curated_server")
     good = _write_curated_jsonl(workdir / "curated.jsonl")
-    config = {"database_backend": "mongomock", "insert_test_data": False,
-              "insert_from_jsonl": str(workdir / "curated.jsonl"), "page_limit": 20, "page_limit_max": 500}
+    config = {
+        "database_backend": "mongomock",
+        "insert_test_data": False,
+        "insert_from_jsonl": str(workdir / "curated.jsonl"),
+        "page_limit": 20,
+        "page_limit_max": 500,
+    }
     with _optimade_server(workdir, config) as base:
         yield base, good
 
@@ -371,9 +392,17 @@ class _FakeHandler(http.server.BaseHTTPRequestHandler):
     routes = {
         "/html/v1/structures": (200, "text/html", b"<html><body>hello</body></html>"),
         "/json/v1/structures": (200, "application/json", b'{"hello": "world"}'),
-        "/noid/v1/structures": (200, "application/json", b'{"data": [{"type": "structures", "attributes": {}}], "meta": {}}'),
+        "/noid/v1/structures": (
+            200,
+            "application/json",
+            b'{"data": [{"type": "structures", "attributes": {}}], "meta": {}}',
+        ),
         "/loop/v1/structures": (200, "application/json", _page(["a"], "/loop/v1/structures?page_offset=1")),
-        "/down/v1/structures": (503, "application/json", b'{"errors": [{"title": "Service Unavailable", "detail": "busy"}]}'),
+        "/down/v1/structures": (
+            503,
+            "application/json",
+            b'{"errors": [{"title": "Service Unavailable", "detail": "busy"}]}',
+        ),
     }
     flaky_calls = 0
 
@@ -411,7 +440,12 @@ def fake_server():
 
 @pytest.mark.parametrize(
     "path, match",
-    [("/html", "not JSON"), ("/json", "not an OPTIMADE entry listing"), ("/noid", "has no 'id'"), ("/missing", "HTTP 404")],
+    [
+        ("/html", "not JSON"),
+        ("/json", "not an OPTIMADE entry listing"),
+        ("/noid", "has no 'id'"),
+        ("/missing", "HTTP 404"),
+    ],
 )
 def test_non_optimade_response(fake_server, tmp_path, path, match):
     with pytest.raises(OptimadeResponseError, match=match):

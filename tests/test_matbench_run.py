@@ -1,51 +1,166 @@
-"""The MatBench runner writes files matbench itself reads and scores identically (matbench reads only
-complete runs, so all 5 folds are run, with the fast baselines)."""
+"""The MatBench runner: files matbench itself reads and scores identically, the exported fold-0 predictor, the
+leave-one-group-out runner, and the analyses of notebook 03."""
+
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import need_call
 
-from cloudlib import data
-from cloudlib.matbench_run import run_matbench, summarise
+from cloudlib import matbench_data
+from cloudlib import matbench_run as mr
+from cloudlib.config import preset
+from cloudlib.predictor import load_predictor
+
+DIELECTRIC = "matbench_dielectric"
 
 
-def test_results_file_rescored_by_matbench(tmp_path):
+@pytest.fixture(scope="module")
+def truth() -> pd.Series:
+    return need_call(matbench_data.load_matbench, DIELECTRIC)["n"]
+
+
+def test_results_file_rescored_by_matbench(tmp_path, truth):
+    """matbench reads only complete runs, so all 5 folds are run, with the fast baselines."""
     from matbench.bench import MatbenchBenchmark
-    from matbench.metadata import mbv01_metadata  # noqa: F401  (matbench's own metadata)
     from matbench.data_ops import score_array
 
-    need_call(data.load_matbench, "matbench_dielectric")
-    folds = run_matbench(["matbench_dielectric"], profile="smoke", models=("RF-Magpie", "Dummy"), folds=range(5),
-                         out_dir=tmp_path, progress=False)
+    folds = mr.run_matbench(
+        [DIELECTRIC],
+        preset("finetune", "smoke"),
+        models=("RF-Magpie", "Dummy"),
+        folds=range(5),
+        out_dir=tmp_path,
+        name="smoke",
+        progress=False,
+    )
     assert len(folds) == 10 and set(folds["model"]) == {"RF-Magpie", "Dummy"}
     preds = pd.read_csv(tmp_path / "matbench_smoke_predictions.csv.gz")
-    truth = data.load_matbench("matbench_dielectric")["n"]
     for model, slug in (("RF-Magpie", "rf_magpie"), ("Dummy", "dummy")):
-        mb = MatbenchBenchmark.from_file(str(tmp_path / f"matbench_smoke_{slug}.json"))
-        task = mb.matbench_dielectric
+        task = MatbenchBenchmark.from_file(str(tmp_path / f"matbench_smoke_{slug}.json")).matbench_dielectric
         for fold in range(5):
             stored = task.results[f"fold_{fold}"]
             ids = list(stored["data"])
-            assert ids == data.matbench_split("matbench_dielectric", fold)[1]  # the official test ids, in order
+            assert ids == matbench_data.matbench_split(DIELECTRIC, fold)[1]  # the official test ids, in order
             rescored = score_array(truth.loc[ids].to_numpy(), np.array([stored["data"][i] for i in ids]), "regression")
             assert rescored["mae"] == pytest.approx(stored["scores"]["mae"], rel=1e-12)
-            ours = preds.query("model == @model and fold == @fold")
-            assert np.abs(ours["prediction"] - ours["target"]).mean() == pytest.approx(stored["scores"]["mae"], rel=1e-9)
-    s = summarise(folds)
-    rf, dummy = s.loc[("matbench_dielectric", "RF-Magpie"), "mae_mean"], s.loc[("matbench_dielectric", "Dummy"), "mae_mean"]
+            ours = preds[(preds["model"] == model) & (preds["fold"] == fold)]
+            assert np.abs(ours["prediction"] - ours["target"]).mean() == pytest.approx(
+                stored["scores"]["mae"], rel=1e-9
+            )
+        reread = mr.reread_scores(tmp_path / f"matbench_smoke_{slug}.json", DIELECTRIC)
+        assert reread == pytest.approx(folds[folds["model"] == model].set_index("fold")["mae"].to_dict(), rel=1e-12)
+    s = mr.summarise(folds)
+    rf, dummy = s.loc[(DIELECTRIC, "RF-Magpie"), "mae_mean"], s.loc[(DIELECTRIC, "Dummy"), "mae_mean"]
+    assert dummy == pytest.approx(0.8088, abs=5e-4)  # the leaderboard's Dummy on matbench_dielectric
     assert rf < 0.7 * dummy  # a real, failable check that the baseline learns something
 
 
-def test_cli(tmp_path):
-    import subprocess
-    import sys
+def test_cloud_fold_exported_as_the_predictor_it_recorded(tmp_path, truth):
+    """One fold of CLOUD and CLOUD-scratch (1 epoch): the exported predictor reproduces the recorded predictions,
+    knows its target, records the encoder relative to the repository, and the configs say what was pre-trained."""
+    cfg = preset("finetune", "smoke", epochs=1, batch_size=64)
+    folds = mr.run_matbench(
+        [DIELECTRIC],
+        cfg,
+        models=("CLOUD", "CLOUD-scratch"),
+        folds=[0],
+        out_dir=tmp_path,
+        name="smoke",
+        progress=False,
+        export={(DIELECTRIC, 0): tmp_path / "exported"},
+    )
+    preds = pd.read_csv(tmp_path / "matbench_smoke_predictions.csv.gz")
+    cloud = preds[preds["model"] == "CLOUD"]
+    table = mr.task_table(DIELECTRIC)
+    fitted = load_predictor(tmp_path / "exported")
+    again = fitted.predict(list(table.loc[cloud["id"], "scope"]))
+    np.testing.assert_allclose(again, cloud["prediction"], rtol=1e-6)
+    meta = json.loads((tmp_path / "exported" / "predictor.json").read_text())
+    assert meta["target"] == "n" and meta["config"]["encoder"] == "models/cloud-laptop"
+    assert meta["config"]["epochs"] == 1 and meta["config"]["pretrained"] is True
+    scratch = json.loads((tmp_path / "matbench_smoke_cloud_scratch.json").read_text())
+    assert scratch["user_metadata"]["config"]["pretrained"] is False
+    assert (folds.set_index("model")["mae"] < 0.8088).all()  # both beat the dummy even after 1 epoch
+    gain = mr.pretraining_gain(folds)
+    assert gain["folds"] == 1 and gain["mean"] == pytest.approx(
+        folds.set_index("model").loc["CLOUD-scratch", "mae"] - folds.set_index("model").loc["CLOUD", "mae"]
+    )
 
-    need_call(data.load_matbench, "matbench_dielectric")
-    bad = subprocess.run([sys.executable, "-m", "cloudlib", "matbench", "--models", "Oracle"], capture_output=True, text=True)
+
+def test_leave_one_group_out(truth):
+    """Each held-out group is tested on exactly its own rows and trained on all the others (the dummy's MAE
+    is recomputed by hand)."""
+    ids = truth.index
+    groups = pd.Series(
+        np.where(np.arange(len(ids)) % 3 == 0, "a", np.where(np.arange(len(ids)) % 3 == 1, "b", "c")), index=ids
+    )
+    groups.iloc[:40] = "tiny"  # too small to be held out: always trained on
+    ood = mr.run_ood(groups, DIELECTRIC, preset("finetune", "smoke"), models=("Dummy",), min_test=100, progress=False)
+    assert list(ood["held_out"]) == ["a", "b", "c"]
+    for _, row in ood.iterrows():
+        test = groups.index[groups == row["held_out"]]
+        assert row["n_test"] == len(test)
+        expected = np.mean(np.abs(truth.loc[test] - truth.drop(index=test).mean()))
+        assert row["mae"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_pretraining_gain_and_reference_table():
+    folds = pd.DataFrame(
+        {
+            "task": DIELECTRIC,
+            "model": ["CLOUD", "CLOUD-scratch"] * 2,
+            "fold": [0, 0, 1, 1],
+            "mae": [0.3, 0.4, 0.5, 0.45],
+            "seconds": 1.0,
+        }
+    )
+    gain = mr.pretraining_gain(folds)
+    assert gain["per_fold"] == pytest.approx({0: 0.1, 1: -0.05})
+    assert gain["mean"] == pytest.approx(0.025) and gain["folds_improved"] == 1
+    assert gain["relative"] == pytest.approx(1 - 0.4 / 0.425)
+    assert mr.pretraining_gain(folds[folds["model"] == "CLOUD"]) == {}
+    ref = pd.DataFrame({"model": ["paper"], "mae": [0.35], "source": ["x"]})
+    bars = mr.compare_with_reference(mr.summarise(folds), ref)
+    assert list(bars["model"]) == ["paper", "this project: CLOUD", "this project: CLOUD-scratch"]
+    assert list(bars["kind"]) == ["reference", "ours", "ours"] and bars["err"].iloc[0] == 0
+
+
+def test_cli(tmp_path, truth):
+    bad = subprocess.run(
+        [sys.executable, "-m", "cloudlib", "matbench", "--models", "Oracle"], capture_output=True, text=True
+    )
     assert bad.returncode == 1 and "unknown models" in bad.stderr
-    ok = subprocess.run([sys.executable, "-m", "cloudlib", "matbench", "--profile", "smoke", "--models", "Dummy", "-q"],
-                        capture_output=True, text=True)
+    typo = subprocess.run(
+        [sys.executable, "-m", "cloudlib", "matbench", "--set", "epoks=3"], capture_output=True, text=True
+    )
+    assert typo.returncode == 1 and "epoks" in typo.stderr and "ConfigError" not in typo.stderr  # a message
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cloudlib",
+            "matbench",
+            "--preset",
+            "smoke",
+            "--models",
+            "Dummy",
+            "-q",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "Dummy" in ok.stdout and "0.80" in ok.stdout  # the 5-fold dummy MAE of matbench_dielectric is ~0.809
+    folds = pd.read_csv(tmp_path / "matbench_smoke_folds.csv")
+    assert list(folds["fold"]) == [0, 1, 2, 3, 4] and set(folds["model"]) == {"Dummy"}
+    mean = folds["mae"].mean()
+    assert mean == pytest.approx(0.8088, abs=5e-4)
+    line = next(x for x in ok.stdout.splitlines() if "Dummy" in x)
+    assert f"{mean:.4f}" in line  # what the command prints is what it wrote

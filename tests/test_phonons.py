@@ -1,7 +1,7 @@
 """CHGNet + phonopy heat capacities (cloudlib.phonons) and the committed table data/chgnet_cv/."""
+
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import math
@@ -109,7 +109,7 @@ def provenance():
 def test_table_columns_and_units(table, provenance):
     lead = ["id", "source", "formula", "scope", "n_atoms", "spacegroup", "stable", "min_freq_thz"]
     assert list(table.columns[: len(lead)]) == lead
-    assert list(table.columns[-len(CV_COLS):]) == CV_COLS
+    assert list(table.columns[-len(CV_COLS) :]) == CV_COLS
     assert provenance["settings"]["temperatures_K"] == list(phonons.TEMPERATURES)
     assert table["id"].is_unique and table["stable"].dtype == bool
     cv = table[CV_COLS].to_numpy()

@@ -1,4 +1,5 @@
 """Tests for cloudlib.scaling (Hoffmann / Chinchilla approach-3 fit). Synthetic data only; ~5 s."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,15 @@ import pytest
 
 from cloudlib import scaling
 from cloudlib.errors import CloudError
-from cloudlib.scaling import (HoffmannFit, ScalingInputError, bootstrap, compute_optimal,
-                              confidence_intervals, fit_hoffmann, fit_report)
+from cloudlib.scaling import (
+    HoffmannFit,
+    ScalingInputError,
+    bootstrap,
+    compute_optimal,
+    confidence_intervals,
+    fit_hoffmann,
+    fit_report,
+)
 
 TRUTH = {"E": 1.5, "A": 400.0, "B": 300.0, "alpha": 0.45, "beta": 0.55}
 NOISE_SIGMA = 0.01
@@ -81,8 +89,10 @@ def test_noiseless_recovery_other_truth():
 
 def test_noisy_recovery(noisy_fit):
     fit = noisy_fit
-    print(f"\nnoisy fit (sigma={NOISE_SIGMA}, seed={NOISE_SEED}): {_fmt(fit.params())}; "
-          f"residual_std={fit.residual_std:.4g}  (truth: {_fmt(TRUTH)})")
+    print(
+        f"\nnoisy fit (sigma={NOISE_SIGMA}, seed={NOISE_SEED}): {_fmt(fit.params())}; "
+        f"residual_std={fit.residual_std:.4g}  (truth: {_fmt(TRUTH)})"
+    )
     assert abs(fit.alpha - TRUTH["alpha"]) < 0.1
     assert abs(fit.beta - TRUTH["beta"]) < 0.1
     assert fit.E == pytest.approx(TRUTH["E"], rel=0.10)
@@ -93,8 +103,7 @@ def test_noisy_recovery(noisy_fit):
 
 def test_residuals_sign_and_predict(synthetic, noisy_fit):
     N, D, _, L = synthetic
-    np.testing.assert_allclose(noisy_fit.residuals, np.log(L) - np.log(noisy_fit.predict(N, D)),
-                               atol=1e-10)
+    np.testing.assert_allclose(noisy_fit.residuals, np.log(L) - np.log(noisy_fit.predict(N, D)), atol=1e-10)
     assert isinstance(noisy_fit.predict(1e5, 1e4), float)
     assert noisy_fit.predict(np.array([1e5, 1e6])[:, None], np.array([1e3, 1e4])).shape == (2, 2)
 
@@ -222,9 +231,29 @@ def test_fit_report_is_json_and_flags_short_span(noisy_fit, boot):
     assert d["alpha"] == noisy_fit.alpha and len(d["residuals"]) == 20
 
 
-def test_module_docstring_states_identifiability_caveat():
-    doc = scaling.__doc__.lower()
-    assert "weakly identified" in doc and "decades" in doc
+def test_short_spans_are_flagged_and_widen_the_intervals():
+    """The identifiability caveat as behaviour: the same law and noise over 3 decades of N and D is not flagged
+    and pins alpha far better than over 1 decade."""
+    rng = np.random.default_rng(1)
+
+    def width(decades):
+        Ns, Ds = np.logspace(4, 4 + decades, 5), np.logspace(3, 3 + decades, 5)
+        N, D = (a.ravel() for a in np.meshgrid(Ns, Ds, indexing="ij"))
+        L = _law(N, D, **TRUTH) * np.exp(rng.normal(0.0, NOISE_SIGMA, len(N)))
+        fit, ci, report = scaling.analyse(N, D, L, n_boot=60, seed=0)
+        alpha = ci.set_index("param").loc["alpha"]
+        assert report["exponents_weakly_identified"] is (decades < 2) and report["n_boot"] == 60
+        assert report["fit_seconds"] >= 0 and set(report["params"]) == set(scaling.PARAM_NAMES)
+        return alpha["hi"] - alpha["lo"]
+
+    assert width(3.0) < 0.5 * width(1.0)
+
+
+def test_compute_budgets_span_the_runs_and_beyond():
+    N, D = np.array([1e4, 1e5, 1e6]), np.array([1e3, 1e3, 1e4])
+    c = scaling.compute_budgets(N, D, decades_above=2, points=5)
+    assert c[0] == pytest.approx(6e7) and c[-1] == pytest.approx(6e10 * 100) and np.all(np.diff(np.log(c)) > 0)
+    assert len(c) == 5
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -235,12 +264,15 @@ def _good():
     return N, D, _law(N, D, **TRUTH)
 
 
-@pytest.mark.parametrize("which,row,value,word", [
-    ("L", 3, float("nan"), "not finite"),
-    ("N", 2, -1.0, "not positive"),
-    ("D", 5, 0.0, "not positive"),
-    ("D", 0, float("inf"), "not finite"),
-])
+@pytest.mark.parametrize(
+    "which,row,value,word",
+    [
+        ("L", 3, float("nan"), "not finite"),
+        ("N", 2, -1.0, "not positive"),
+        ("D", 5, 0.0, "not positive"),
+        ("D", 0, float("inf"), "not finite"),
+    ],
+)
 def test_bad_values_name_argument_and_row(which, row, value, word):
     cols = dict(zip("NDL", (a.copy() for a in _good())))
     cols[which][row] = value
@@ -304,8 +336,7 @@ def test_analytic_gradient_matches_finite_differences(huber, delta):
     for _ in range(3):
         theta = np.array([0.5, 5.0, 4.0, 0.4, 0.5]) + rng.normal(0.0, 0.3, 5)
         f, g = scaling._objective_and_grad(theta, logN, logD, logL, delta, huber)
-        num = approx_fprime(theta, lambda t: scaling._objective_and_grad(t, logN, logD, logL,
-                                                                          delta, huber)[0], 1e-7)
+        num = approx_fprime(theta, lambda t: scaling._objective_and_grad(t, logN, logD, logL, delta, huber)[0], 1e-7)
         np.testing.assert_allclose(g, num, rtol=1e-4, atol=1e-6 * max(1.0, abs(f)))
         # the vectorised grid-screening objective agrees with the scalar one
         batch = scaling._objective_batch(theta[None, :], logN, logD, logL, delta, huber)[0]

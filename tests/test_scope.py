@@ -1,4 +1,5 @@
 """SCOPE: exactness against the paper's strings, invariances, bad inputs, batches and the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -211,7 +212,10 @@ def test_cli_folder_with_good_and_bad_cifs(tmp_path):
     df = pd.read_csv(out, index_col="id")
     assert sorted(df.index) == ["alloy.cif", "broken.cif", "empty.cif", "nacl.cif"]
     assert df.loc["nacl.cif", "scope"] == NACL
-    assert df.loc["empty.cif", "error"].startswith("StructureParseError:") and "file is empty" in df.loc["empty.cif", "error"]
+    assert (
+        df.loc["empty.cif", "error"].startswith("StructureParseError:")
+        and "file is empty" in df.loc["empty.cif", "error"]
+    )
     assert df.loc["alloy.cif", "error"].startswith("DisorderedStructureError:")
     assert "1 ok, 3 failed" in r.stderr
 
@@ -219,7 +223,9 @@ def test_cli_folder_with_good_and_bad_cifs(tmp_path):
 def test_cli_json_inputs_and_exit_codes(tmp_path):
     s = nacl()
     as_dict = tmp_path / "by_id.json"
-    as_dict.write_text(json.dumps({"nacl": s.as_dict(), "po": Structure(Lattice.cubic(3.35), ["Po"], [[0, 0, 0]]).as_dict()}))
+    as_dict.write_text(
+        json.dumps({"nacl": s.as_dict(), "po": Structure(Lattice.cubic(3.35), ["Po"], [[0, 0, 0]]).as_dict()})
+    )
     frame = tmp_path / "frame.json.gz"
     pd.DataFrame({"structure": [s.as_dict()], "n": [1.5]}, index=["mb-x-0001"]).to_json(frame)
     for path, ids in [(as_dict, ["nacl", "po"]), (frame, ["mb-x-0001"])]:

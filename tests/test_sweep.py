@@ -1,15 +1,17 @@
 """The scaling sweep: model-size specs, the schedule rule, caching / resuming and the fixed validation set."""
+
 from __future__ import annotations
 
 import shutil
 
 import pandas as pd
 import pytest
+from conftest import need
 
 from cloudlib import model as cloud_model
-from cloudlib.sweep import SWEEPS, SweepConfig, pretrain_config, run_name, run_sweep
+from cloudlib.config import PRESETS, SweepConfig
+from cloudlib.sweep import pretrain_config, run_name, run_sweep
 from cloudlib.tokenizer import make_tokenizer
-from conftest import need
 
 
 def test_size_specs_parse_and_count():
@@ -18,19 +20,26 @@ def test_size_specs_parse_and_count():
     assert cloud_model.preset("L1xD24").n_head == 1
     m = cloud_model.build_mlm("L2xD64", make_tokenizer())
     # 2 layers x (4 d^2 + 2 d ffn) weights + biases and LayerNorms
-    assert 2 * (4 * 64 * 64 + 2 * 64 * 256) < cloud_model.n_params(m) < 2 * (4 * 64 * 64 + 2 * 64 * 256) * 1.05 + 64 * 64 + 64 * 4
+    assert (
+        2 * (4 * 64 * 64 + 2 * 64 * 256)
+        < cloud_model.n_params(m)
+        < 2 * (4 * 64 * 64 + 2 * 64 * 256) * 1.05 + 64 * 64 + 64 * 4
+    )
     with pytest.raises(KeyError, match="L2x64"):
         cloud_model.preset("L2x64")
 
 
 def test_laptop_and_paper_sweeps_are_big_enough():
     for name in ("laptop", "paper"):
-        cfg = SWEEPS[name]
-        sizes = [cloud_model.n_params(cloud_model.build_mlm(m, make_tokenizer())) for m in cfg.models] \
-            if name == "laptop" else None
+        cfg = PRESETS["sweep"][name]
+        sizes = (
+            [cloud_model.n_params(cloud_model.build_mlm(m, make_tokenizer())) for m in cfg.models]
+            if name == "laptop"
+            else None
+        )
         assert len(cfg.models) >= 5 and len(cfg.data_sizes) >= 4 and None in cfg.data_sizes
         if sizes:
-            assert sizes == sorted(sizes) and sizes[-1] / sizes[0] >= 10 ** 1.5
+            assert sizes == sorted(sizes) and sizes[-1] / sizes[0] >= 10**1.5
 
 
 def test_schedule_rule():
@@ -48,8 +57,15 @@ def strings():
 
 
 def test_sweep_caches_resumes_and_is_deterministic(strings, tmp_path):
-    cfg = SweepConfig(models=("L1xD16", "L1xD32"), data_sizes=(100, None), epochs=1, min_steps=6, batch_size=16,
-                      evals=2, eval_max_strings=64)
+    cfg = SweepConfig(
+        models=("L1xD16", "L1xD32"),
+        data_sizes=(100, None),
+        epochs=1,
+        min_steps=6,
+        batch_size=16,
+        evals=2,
+        eval_max_strings=64,
+    )
     first = run_sweep(cfg, tmp_path, strings=strings, progress=False)
     assert len(first) == 4 and not first["reused"].any()
     assert first.groupby("model")["N"].first()["L1xD32"] > first.groupby("model")["N"].first()["L1xD16"]
@@ -62,7 +78,8 @@ def test_sweep_caches_resumes_and_is_deterministic(strings, tmp_path):
     third = run_sweep(cfg, tmp_path, strings=strings, progress=False)
     assert int((~third["reused"]).sum()) == 1
     assert third.loc[third["run"] == run_name("L1xD32", 100), "val_loss"].item() == pytest.approx(
-        first.loc[first["run"] == run_name("L1xD32", 100), "val_loss"].item(), rel=1e-6)
+        first.loc[first["run"] == run_name("L1xD32", 100), "val_loss"].item(), rel=1e-6
+    )
     longer = run_sweep(cfg.replace(min_steps=9), tmp_path, strings=strings, progress=False)  # a changed schedule:
     assert int((~longer["reused"]).sum()) == 2 and (longer["steps"] >= 9).all()  # D=100 runs start over
 

@@ -1,4 +1,5 @@
 """Tests for cloudlib.tokenizer on real SCOPE strings from the data mirror (``$CLOUD_DATA_MIRROR``)."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import transformers
+from conftest import NACL, need
 from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
 
+from benchmarks.authors import write_authors_style_vocab
 from cloudlib.errors import BlockSizeError
-from conftest import NACL, need
 from cloudlib.scope import PAPER_GENERATOR_OVERRIDES, generator_strings, wyckoff_multiplicities
 from cloudlib.tokenizer import (
     FRACTIONS,
@@ -24,10 +26,9 @@ from cloudlib.tokenizer import (
     from_bert_vocab,
     load_tokenizer,
     make_tokenizer,
-    token_class,
     token_classes,
     unknown_tokens,
-    write_authors_style_vocab,
+    vocab_blocks,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +69,8 @@ def test_vocab_layout():
     assert vocab[:5] == ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
     assert len(vocab) == len(set(vocab))
     assert vocab == build_vocab()  # deterministic
-    classes = [token_class(t) for t in vocab]
+    classes = list(vocab_blocks().values())
+    assert list(vocab_blocks()) == vocab
     assert [TOKEN_CLASSES.index(c) for c in classes] == sorted(TOKEN_CLASSES.index(c) for c in classes)
     assert vocab[-101:] == list(FRACTIONS)
     assert FRACTIONS[:3] == ("0.0", "0.01", "0.02") and FRACTIONS[50] == "0.5" and FRACTIONS[-1] == "1.0"
@@ -111,7 +113,7 @@ def test_fractions_are_single_tokens(tok):
     ids = tok(" ".join(FRACTIONS), add_special_tokens=False, truncation=True, max_length=200)["input_ids"]
     assert tok.convert_ids_to_tokens(ids) == list(FRACTIONS)
     assert tok.tokenize("0 0.0 1 1.0") == ["0", "0.0", "1", "1.0"]
-    assert [token_class(t) for t in ("0", "1", "0.0", "0.5", "1.0")] == ["generator"] * 2 + ["fraction"] * 3
+    assert [vocab_blocks()[t] for t in ("0", "1", "0.0", "0.5", "1.0")] == ["generator"] * 2 + ["fraction"] * 3
 
 
 def test_every_mirror_token_in_vocab(tok, dielectric, pretrain):
@@ -124,13 +126,17 @@ def test_every_mirror_token_in_vocab(tok, dielectric, pretrain):
 
 
 def test_token_class_by_position(tok, pretrain):
-    assert token_class("O") == "generator"
-    assert token_class("O", section=2) == "element"
-    assert token_class("0.5", section=2) == "fraction"
-    assert token_class("4a", section=1) == "wyckoff"
-    assert token_class("|", section=2) == "separator"
-    with pytest.raises(KeyError):
-        token_class("Qq")
+    assert vocab_blocks()["O"] == "generator"  # its id lives in the generator block ...
+    assert token_classes("1 O 0 | 4a | O 0.5")[1:-1] == [  # ... but by position it is oxygen in the last section
+        "generator",
+        "generator",
+        "generator",
+        "separator",
+        "wyckoff",
+        "separator",
+        "element",
+        "fraction",
+    ]
     classes = token_classes(NACL)
     assert classes[:2] == ["special", "generator"] and classes[-5:] == ["element", "fraction"] * 2 + ["special"]
     assert classes.count("separator") == 2 and classes.count("wyckoff") == 2
@@ -227,7 +233,12 @@ def test_round_trip_without_cloudlib(tok, pretrain, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path)],
-        input=json.dumps(strings), capture_output=True, text=True, cwd=tmp_path, env=env, check=False,
+        input=json.dumps(strings),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout)

@@ -4,6 +4,7 @@ The real files (figshare article 26657428) cannot be reached from the test machi
 here serves small synthetic copies from a temporary mirror (``$CLOUD_DATA_MIRROR``) or a faked
 figshare API, and checks the unavailable path.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,8 @@ import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from cloudlib import data, unconvbench as ub
+from cloudlib import registry
+from cloudlib import unconvbench as ub
 from cloudlib.errors import ChecksumError, DataUnavailableError
 
 
@@ -64,7 +66,7 @@ def test_tasks_names_and_aliases():
     with pytest.raises(KeyError, match="unknown UnconvBench task"):
         ub.task("matbench_dielectric")
     # nothing unverifiable leaks into the sha256-pinned project registry
-    assert not any(name.startswith(("unconvbench/", "cloud/unconv/")) for name in data.REGISTRY)
+    assert not any(name.startswith(("unconvbench/", "cloud/unconv/")) for name in registry.REGISTRY)
 
 
 @pytest.mark.parametrize("name, width", [("defected", 3), ("supercon", 4)])
@@ -97,9 +99,17 @@ def test_unconvbench_layout_end_to_end(env, defected_json):
     assert test["structure"].iloc[0].lattice.a == pytest.approx(4.0 + 0.002 * row)
 
     # a published split file is preferred over the reproduction
-    custom = {"splits": {"unconvbench_defected": {
-        f"fold_{i}": {"train": ub._ids(ub.TASKS["defected"], range(10, 530)),
-                      "test": ub._ids(ub.TASKS["defected"], range(10))} for i in range(5)}}}
+    custom = {
+        "splits": {
+            "unconvbench_defected": {
+                f"fold_{i}": {
+                    "train": ub._ids(ub.TASKS["defected"], range(10, 530)),
+                    "test": ub._ids(ub.TASKS["defected"], range(10)),
+                }
+                for i in range(5)
+            }
+        }
+    }
     _put(mirror, ub.SPLITS_FILE, json.dumps(custom).encode())
     with pytest.warns(ub.UnverifiedDataWarning):
         train, test = ub.load_unconvbench("defected", 0, source="unconvbench")
@@ -143,7 +153,7 @@ def test_unavailable_raises_quickly_with_the_url(env, monkeypatch):
     def no_network(url):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(data, "_download", no_network)
+    monkeypatch.setattr(registry, "download", no_network)
     with pytest.raises(DataUnavailableError) as info:
         ub.load_unconvbench("2d_gap", 3, source="unconvbench")
     assert ub.FIGSHARE_FILES_API in str(info.value) and "ub_unconvbench_2d_gap.json" in str(info.value)
@@ -171,15 +181,20 @@ def test_figshare_download_md5_and_cache(env, monkeypatch, defected_json):
     def fake_download(url):
         calls.append(url)
         if url == ub.FIGSHARE_FILES_API:
-            return json.dumps([
-                {"name": "README.txt", "download_url": "https://example.invalid/1", "computed_md5": "x"},
-                {"name": "ub_unconvbench_defected.json", "download_url": "https://example.invalid/2",
-                 "computed_md5": md5["value"]},
-            ]).encode()
+            return json.dumps(
+                [
+                    {"name": "README.txt", "download_url": "https://example.invalid/1", "computed_md5": "x"},
+                    {
+                        "name": "ub_unconvbench_defected.json",
+                        "download_url": "https://example.invalid/2",
+                        "computed_md5": md5["value"],
+                    },
+                ]
+            ).encode()
         assert url == "https://example.invalid/2"
         return blob
 
-    monkeypatch.setattr(data, "_download", fake_download)
+    monkeypatch.setattr(registry, "download", fake_download)
     with pytest.warns(ub.UnverifiedDataWarning):
         path = ub.fetch("unconvbench/ub_unconvbench_defected.json")
     assert path == cache / "unconvbench/ub_unconvbench_defected.json" and path.read_bytes() == blob
@@ -208,3 +223,27 @@ def test_pinned_sha256_is_enforced(env, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ub.UnverifiedDataWarning)
         assert ub.fetch(name) == (mirror / name).resolve()  # verified by hash: no warning
+
+
+def test_run_unconvbench_with_local_data_and_skips_what_is_missing(env):
+    """The runner fine-tunes and scores an UnconvBench task it can read (here: a local copy), and skips,
+    naming the figshare record, one it cannot."""
+    from cloudlib.config import preset
+    from cloudlib.matbench_run import run_unconvbench
+
+    mirror, _ = env
+    blob, ys = _ub_json(ub.TASKS["defected"].n)
+    _put(mirror, "unconvbench/ub_unconvbench_defected.json", blob)
+    cfg = preset("finetune", "smoke", epochs=1, pretrained=False)
+    with pytest.warns(ub.UnverifiedDataWarning):
+        table = run_unconvbench(
+            ["defected", "2d_gap"], cfg, models=("CLOUD-scratch", "Dummy"), folds=[0], progress=False
+        )
+    assert set(table["task"]) == {"defected"} and list(table["model"]) == ["CLOUD-scratch", "Dummy"]
+    assert (table["n_train"] == 424).all() and (table["n_test"] == 106).all()
+    train_ids, test_ids = ub.reproduce_splits("defected")[0]
+    rows = {i: ys[int(i.rsplit("-", 1)[1]) - 1] for i in train_ids + test_ids}
+    y_train, y_test = np.array([rows[i] for i in train_ids]), np.array([rows[i] for i in test_ids])
+    dummy = table.set_index("model").loc["Dummy", "mae"]
+    assert dummy == pytest.approx(np.mean(np.abs(y_test - y_train.mean())), rel=1e-12)
+    assert "2d_gap" in table.attrs["skipped"] and ub.FIGSHARE_LANDING in table.attrs["skipped"]["2d_gap"]

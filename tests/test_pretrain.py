@@ -1,4 +1,5 @@
 """Pre-training: masking, batching, schedule, kill-and-resume, torchrun DDP, portable checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,11 @@ import pytest
 import torch
 from conftest import NACL, need
 
+from benchmarks.authors import write_authors_style_vocab
 from cloudlib import model as cm
-from cloudlib.tokenizer import make_tokenizer, write_authors_style_vocab
-from cloudlib.train import Encoded, encode, epoch_batches, lr_lambda, mask_tokens, split_strings
+from cloudlib.engine import Encoded, encode, epoch_batches, lr_lambda
+from cloudlib.pretrain import mask_tokens, split_strings
+from cloudlib.tokenizer import make_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,14 +56,14 @@ def test_masking_follows_bert(strings):
 
 def test_batches_are_deterministic_bucketed_and_complete(strings):
     enc = encode(make_tokenizer(), strings[:2000])
-    a = epoch_batches(enc, 64, epoch=3, seed=0, bucket_batches=10)
-    b = epoch_batches(enc, 64, epoch=3, seed=0, bucket_batches=10)
-    c = epoch_batches(enc, 64, epoch=4, seed=0, bucket_batches=10)
+    a = epoch_batches(enc.lengths, 64, epoch=3, seed=0, bucket_batches=10)
+    b = epoch_batches(enc.lengths, 64, epoch=3, seed=0, bucket_batches=10)
+    c = epoch_batches(enc.lengths, 64, epoch=4, seed=0, bucket_batches=10)
     assert all(x.equal(y) for x, y in zip(a, b)) and not all(x.equal(y) for x, y in zip(a, c))
     assert sorted(torch.cat(a).tolist()) == list(range(2000))
     # bucketing: padded width per batch well below the unbucketed case
     width = lambda bs: sum(int(enc.lengths[i].max()) * len(i) for i in bs)  # noqa: E731
-    assert width(a) < 0.93 * width(epoch_batches(enc, 64, 3, 0, bucket_batches=0))
+    assert width(a) < 0.93 * width(epoch_batches(enc.lengths, 64, 3, 0, bucket_batches=0))
 
 
 def test_split_and_schedule():
@@ -76,7 +79,6 @@ def test_split_and_schedule():
 def test_model_sizes_and_flops():
     tok = make_tokenizer()
     base = cm.build_mlm("base", tok)
-    assert cm.config_of(base) == cm.PRESETS["base"]
     c = base.config
     assert (c.num_hidden_layers, c.num_attention_heads, c.hidden_size, c.intermediate_size) == (12, 12, 768, 3072)
     assert c.max_position_embeddings == 64 and c.type_vocab_size == 1 and c.pad_token_id == 0
@@ -90,14 +92,13 @@ def test_model_sizes_and_flops():
 
 
 def _pretrain_cmd(out, *extra, steps=60):
-    return [sys.executable, "-m", "cloudlib", "pretrain", "--profile", "smoke", "--out", str(out), "-q",
-            "--set", f"max_steps={steps}", "--set", "ckpt_every=10", "--set", "eval_every=30",
-            "--set", "threads=1", *extra]
+    sets = f"--set max_steps={steps} --set ckpt_every=10 --set eval_every=30 --set threads=1".split()
+    return [sys.executable, "-m", "cloudlib", "pretrain", "--preset", "smoke", "--out", str(out), "-q", *sets, *extra]
 
 
 def _ckpt_step(path: Path) -> int:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)["step"]
+        return torch.load(path, map_location="cpu", weights_only=False)["state"]["step"]
     except Exception:  # not there yet, or being replaced
         return -1
 
@@ -152,12 +153,13 @@ def test_resume_refuses_another_configuration(smoke_run, tmp_path):
 
 def test_torchrun_two_processes_on_cpu(tmp_path, strings):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "cloudlib", "pretrain", "--profile", "smoke", "--out", str(out), "-q", "--set", "max_steps=12",
-           "--set", "eval_every=6", "--set", "ckpt_every=6"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    sets = "--set max_steps=12 --set eval_every=6 --set ckpt_every=6".split()
+    cmd = [*launch, "-m", "cloudlib", "pretrain", "--preset", "smoke", "--out", str(out), "-q", *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
-                            start_new_session=True)  # its own process group: a hang kills launcher and workers
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, start_new_session=True
+    )  # its own process group: a hang kills launcher and workers
     try:
         _, stderr = proc.communicate(timeout=240)
     except subprocess.TimeoutExpired:
@@ -201,8 +203,14 @@ def test_authors_released_layout(tmp_path, strings):
 
     ckpt = tmp_path / "hub" / "ckpt"
     write_authors_style_vocab(strings[:2000], ckpt, vocab_size=300)
-    cfg = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-                     max_position_embeddings=64, type_vocab_size=1)  # vocab_size left at 30522, as the authors did
+    cfg = BertConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        type_vocab_size=1,
+    )  # vocab_size left at 30522, as the authors did
     torch.manual_seed(0)
     reference = BertForMaskedLM(cfg).eval()
     reference.save_pretrained(ckpt)
@@ -246,14 +254,25 @@ print(hits / total)
     accuracy = float(r.stdout.strip().splitlines()[-1])
     assert accuracy > 0.6, accuracy  # an untrained model scores ~1/437; token-class guessing ~0.3
     summary = json.loads((folder / "training_summary.json").read_text())
-    assert summary["pretrain_profile"] == "laptop" and summary["config"]["model"] == "small"
+    assert summary["preset"] == "laptop" and summary["config"]["model"] == "small"
 
 
-def test_paper_profile_runs_a_few_steps_on_cpu(tmp_path):
-    """The paper profile (BERT-base, batch 1024, lr 1e-4) executes end to end; here 2 steps of batch 8.
+def test_paper_preset_runs_a_few_steps_on_cpu(tmp_path):
+    """The paper preset (BERT-base, batch 1024, lr 1e-4) executes end to end; here 2 steps of batch 8.
     bf16 autocast and fused AdamW engage only on CUDA, which CI does not have."""
-    cmd = [sys.executable, "-m", "cloudlib", "pretrain", "--profile", "paper", "--out", str(tmp_path / "paper"), "-q",
-           "--set", "max_steps=2", "--set", "batch_size=8", "--set", "corpus_limit=20", "--set", "eval_max_strings=16"]
+    sets = "--set max_steps=2 --set batch_size=8 --set corpus_limit=20 --set eval_max_strings=16".split()
+    cmd = [
+        sys.executable,
+        "-m",
+        "cloudlib",
+        "pretrain",
+        "--preset",
+        "paper",
+        "--out",
+        str(tmp_path / "paper"),
+        "-q",
+        *sets,
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     config = json.loads((tmp_path / "paper" / "config.json").read_text())

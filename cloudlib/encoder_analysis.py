@@ -1,17 +1,20 @@
-"""What a pre-trained CLOUD encoder has learned: masked-token accuracy and [CLS] attention by token class.
+"""What a pre-trained CLOUD encoder has learned (notebook 02): masked-token accuracy and [CLS] attention by token
+class, with bootstrap intervals.
 
 Token classes are positional (:func:`cloudlib.tokenizer.token_classes`): generator characters, the ``|``
 separators, Wyckoff symbols, elements and fractions (``O`` is a generator character in the first section
 and oxygen in the last).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .engine import encode
+from .pretrain import IGNORE, mask_tokens
 from .tokenizer import token_classes
-from .train import IGNORE, encode, mask_tokens
 
 CLASSES = ("generator", "separator", "wyckoff", "element", "fraction")
 
@@ -26,8 +29,9 @@ def _class_matrix(strings: list[str], width: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def masked_accuracy_by_class(model, tokenizer, strings: list[str], seed: int = 0, p: float = 0.15,
-                             batch_size: int = 256) -> pd.DataFrame:
+def masked_accuracy_by_class(
+    model, tokenizer, strings: list[str], seed: int = 0, p: float = 0.15, batch_size: int = 256
+) -> pd.DataFrame:
     """Accuracy of the MLM at masked positions, per token class (fixed seeded masks).
 
     Returns columns ``masked`` (count), ``accuracy``, and ``chance`` (accuracy of always predicting the
@@ -44,11 +48,15 @@ def masked_accuracy_by_class(model, tokenizer, strings: list[str], seed: int = 0
         logits = model(input_ids=inputs, attention_mask=mask).logits
         where = labels != IGNORE
         classes = _class_matrix([strings[i] for i in idx.tolist()], ids.shape[1])
-        rows.append(pd.DataFrame({
-            "class": classes[where.numpy()],
-            "target": labels[where].numpy(),
-            "correct": (logits[where].argmax(-1) == labels[where]).numpy(),
-        }))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "class": classes[where.numpy()],
+                    "target": labels[where].numpy(),
+                    "correct": (logits[where].argmax(-1) == labels[where]).numpy(),
+                }
+            )
+        )
     df = pd.concat(rows)
     table = df.groupby("class").agg(masked=("correct", "size"), accuracy=("correct", "mean"))
     table["chance"] = df.groupby("class")["target"].agg(lambda t: t.value_counts(normalize=True).iloc[0])
@@ -85,8 +93,14 @@ def cls_attention_by_class(model, tokenizer, strings: list[str], batch_size: int
                 c = classes[b, :n]
                 w = cls_row[b, :n].numpy()
                 for k in np.unique(c):
-                    per.append({"string": start + b, "class": k, "mass": float(w[c == k].sum()),
-                                "share": float((c == k).mean())})
+                    per.append(
+                        {
+                            "string": start + b,
+                            "class": k,
+                            "mass": float(w[c == k].sum()),
+                            "share": float((c == k).mean()),
+                        }
+                    )
     finally:
         bert.set_attn_implementation(previous)
     per = pd.DataFrame(per)

@@ -1,14 +1,17 @@
 """Benchmarks that compare against a baseline in the same run and print ratios.
 
-    python -m cloudlib.bench scope [--n 1000] [--repeats 3]      # SCOPE + tokenizer
-    python -m cloudlib.bench tokenizer [--n 10000]
-    python -m cloudlib.bench pretrain [--model mini] [--batch-size 128] [--steps 20] [--repeats 3]
+    python -m benchmarks scope [--n 1000] [--repeats 3]      # SCOPE + tokenizer
+    python -m benchmarks tokenizer [--n 10000]
+    python -m benchmarks pretrain [--model mini] [--batch-size 128] [--steps 20] [--repeats 3]
+
+(from the repository root; the benchmarks are not part of the installed package).
 
 ``scope`` times, on the same structures in one process (first N of matbench_dielectric):
 
-* **authors** — the CLOUD repository's ``generate_seq``: pymatgen ``SpacegroupAnalyzer`` per structure,
-  dict access to the spglib dataset, ``np.round`` on the fractional composition, the authors' own
-  generator and Wyckoff tables (registry files ``cloud/generator.json``, ``cloud/wyckoff-...json``);
+* **authors** — the CLOUD repository's ``generate_seq`` (:func:`benchmarks.authors.generate_seq`): pymatgen
+  ``SpacegroupAnalyzer`` per structure, dict access to the spglib dataset, ``np.round`` on the fractional
+  composition, the authors' own generator and Wyckoff tables (registry files ``cloud/generator.json``,
+  ``cloud/wyckoff-...json``);
 * **spglib floor** — ``spglib.get_symmetry_dataset`` alone on (lattice, frac, Z) cells extracted from the
   structures *before* the clock starts: the symmetry search every SCOPE implementation has to pay for;
 * **cloudlib jobs=1 / jobs=2** — ``scope_table`` from the Structure objects, validation included.
@@ -18,23 +21,25 @@ Each method runs ``repeats`` times, interleaved; the best time counts. Outputs m
 
 ``pretrain`` times MLM training steps at one model size and batch size on the same real SCOPE strings
 (``cloud/pretrain_cloud_10k.csv``), both models built from the same BertConfig, seed and weights, both in
-train mode (same dropout), both stepped by the same AdamW (``make_optimizer``, same lr) with gradient
-clipping at 1.0 (the HF Trainer default, and train.py's):
+train mode (same dropout), both stepped by AdamW with the same parameter groups and learning-rate schedule and
+gradient clipping at 1.0:
 
-* **authors** — the CLOUD repository's pipeline: every string tokenized on its own, as their
-  ``PretrainDataset.__getitem__`` does (``padding="max_length", max_length=64, truncation=True,
-  return_tensors="pt"``), batched by ``transformers.DataCollatorForLanguageModeling(mlm_probability=0.15)``,
-  loss from ``BertForMaskedLM(input_ids, attention_mask, labels)`` (full-vocabulary head on all 64 positions);
-* **cloudlib** — train.py's step: ids encoded once, length-bucketed batches (``epoch_batches``) trimmed to
-  their longest row (``Encoded.batch``), ``mask_tokens``, ``MaskedLMLoss`` (head on masked positions only).
+* **authors** — the CLOUD repository's pipeline (:func:`benchmarks.authors.pretrain_batch`): every string
+  tokenized on its own, padded to 64, masked by ``DataCollatorForLanguageModeling``, loss from
+  ``BertForMaskedLM(input_ids, attention_mask, labels)`` (full-vocabulary head on all 64 positions), a plain
+  backward / clip / step loop;
+* **cloudlib** — the training engine's own step (:class:`cloudlib.engine.Stepper` on
+  :class:`cloudlib.pretrain.MLMObjective`): ids encoded once, length-bucketed batches trimmed to their longest
+  row, step-seeded masks, the MLM head on masked positions only.
 
 Both setups take the same batches of strings (grouping does not change the authors' cost: every row is 64).
-A step's clock covers batch preparation (tokenize/collate resp. slice/mask, in the main process as with
-``dataloader_num_workers=0``) and forward + backward + clip + AdamW; the compute part alone is reported too.
-Throughput counts **real (non-pad) tokens only**. MFU = real tokens/s x ``flops_per_token(cfg, N, mean
-real length)`` / a peak measured in the same run (``torch.mm`` on square matrices, same thread count):
-fp32 on CPU (training runs in fp32 there), bf16 on CUDA (training runs under bf16 autocast there).
+A step's clock covers batch preparation and forward + backward + clip + AdamW + schedule (in the main process,
+as with ``dataloader_num_workers=0``); the authors' batch preparation is also reported alone. Throughput counts
+**real (non-pad) tokens only**. MFU = real tokens/s x ``flops_per_token(cfg, N, mean real length)`` / a peak
+measured in the same run (``torch.mm`` on square matrices, same thread count): fp32 on CPU (training runs in
+fp32 there), bf16 on CUDA (training runs under bf16 autocast there).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,34 +70,6 @@ def _best(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
-def _authors_generate_seq(gen_str: dict, wyckoff_multiplicity_dict: dict):
-    """The authors' structure_to_str.generate_seq, verbatim in behaviour (dict access included)."""
-    import warnings
-
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-    def generate_seq(struct):
-        with warnings.catch_warnings():  # spglib >= 2.5 warns on dict access, as it did for the authors
-            warnings.simplefilter("ignore", DeprecationWarning)
-            analyzer = SpacegroupAnalyzer(struct)
-            symm_dataset = analyzer.get_symmetry_dataset()
-            wyckoff_positions = symm_dataset["wyckoffs"]
-        spg_num = str(analyzer.get_space_group_number())
-        seq = " ".join(gen_str[spg_num])
-        wyckoff_ls = []
-        for w in wyckoff_positions:
-            symbol = wyckoff_multiplicity_dict[spg_num][w] + w
-            if symbol not in wyckoff_ls:
-                wyckoff_ls.append(symbol)
-        seq = seq + " | " + " ".join(wyckoff_ls)
-        comp_ls = []
-        for element, ratio in struct.composition.fractional_composition.get_el_amt_dict().items():
-            comp_ls += [element, str(np.round(ratio, 2))]
-        return seq + " | " + " ".join(comp_ls)
-
-    return generate_seq
-
-
 def _spin(n: int) -> int:
     s = 0
     for i in range(n):
@@ -115,15 +92,19 @@ def bench_scope(n: int = 1000, repeats: int = 3) -> dict:
     import spglib
     from pymatgen.symmetry import analyzer as sga
 
-    from .data import fetch, load_matbench
-    from .scope import scope_table
+    from benchmarks.authors import generate_seq
+    from cloudlib.matbench_data import load_matbench
+    from cloudlib.registry import fetch
+    from cloudlib.scope import scope_table
 
     structures = load_matbench("matbench_dielectric")["structure"].iloc[:n]
     items = structures.to_dict()
     gen = json.loads(fetch("cloud/generator.json").read_text())
     wyck = json.loads(fetch("cloud/wyckoff-position-multiplicities.json").read_text())
-    authors = _authors_generate_seq(gen, wyck)
-    cells = [(s.lattice.matrix, s.frac_coords, np.array([site.specie.Z for site in s], dtype=np.intc)) for s in structures]
+    authors = generate_seq(gen, wyck)
+    cells = [
+        (s.lattice.matrix, s.frac_coords, np.array([site.specie.Z for site in s], dtype=np.intc)) for s in structures
+    ]
 
     def run_authors():
         sga._get_symmetry_dataset.cache_clear()  # pymatgen memoises spglib calls; start cold each time
@@ -169,8 +150,9 @@ def bench_tokenizer(n: int = 10000, repeats: int = 3) -> dict:
     import transformers
     from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
 
-    from .data import fetch
-    from .tokenizer import from_bert_vocab, make_tokenizer, write_authors_style_vocab
+    from benchmarks.authors import write_authors_style_vocab
+    from cloudlib.registry import fetch
+    from cloudlib.tokenizer import from_bert_vocab, make_tokenizer
 
     strings = pd.read_csv(fetch("cloud/pretrain_cloud_10k.csv"))["cloud"].tolist()
     strings = (strings * (n // len(strings) + 1))[:n]
@@ -217,17 +199,6 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _update(loss, model, opt, clip: float, device) -> None:
-    """The parameter update both setups share: backward, clip, AdamW step (synchronised for timing)."""
-    import torch
-
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    opt.step()
-    _sync(device)
-
-
 def _matmul_flops(dtype, sizes, reps: int, device) -> dict[int, float]:
     """Best FLOP/s of ``torch.mm`` on square ``n x n`` matrices of ``dtype``, per size (one warm-up each)."""
     import torch
@@ -249,6 +220,20 @@ def _matmul_flops(dtype, sizes, reps: int, device) -> dict[int, float]:
     return out
 
 
+def _same_batches(lengths, batch_size: int, n: int, seed: int, bucket_batches: int) -> list:
+    """``n`` full batches in the engine's length-bucketed order (as many epochs as it takes)."""
+    from cloudlib.engine import epoch_batches
+
+    batches, epoch = [], 0
+    while len(batches) < n:
+        full = [b for b in epoch_batches(lengths, batch_size, epoch, seed, bucket_batches) if len(b) == batch_size]
+        if not full:
+            raise ValueError(f"{len(lengths)} strings make no batch of {batch_size}")
+        batches += full
+        epoch += 1
+    return batches[:n]
+
+
 def bench_pretrain(
     model: str = "mini",
     batch_size: int = 128,
@@ -263,11 +248,11 @@ def bench_pretrain(
 ) -> dict:
     """Training tokens/s (real tokens), ratio and MFU of the authors' MLM pipeline and cloudlib's, one run.
 
-    See the module docstring for what each setup does. ``strings`` defaults to the 10k real SCOPE strings
-    of ``cloud/pretrain_cloud_10k.csv``; ``authors_attn`` is the authors' model's attention ("sdpa", the
+    See the module docstring for what each setup does. ``strings`` defaults to the 10k real SCOPE strings of
+    ``cloud/pretrain_cloud_10k.csv``; ``authors_attn`` is the authors' model's attention ("sdpa", the
     transformers 5 default and cloudlib's, or "eager"); ``peak_sizes`` are the matmul sizes of the peak
-    (default 2048 and 4096 on CPU, 4096 and 8192 on CUDA). Each repeat runs ``warmup`` untimed then
-    ``steps`` timed steps of each setup and the peak matmuls, interleaved; the best repeat counts.
+    (default 2048 and 4096 on CPU, 4096 and 8192 on CUDA). Each repeat runs ``warmup`` untimed then ``steps``
+    timed steps of each setup and the peak matmuls, interleaved; the best repeat counts.
     """
     import math
 
@@ -275,10 +260,13 @@ def bench_pretrain(
     import torch
     from transformers import BertForMaskedLM, DataCollatorForLanguageModeling
 
-    from . import model as cloud_model
-    from .data import fetch
-    from .tokenizer import make_tokenizer
-    from .train import MaskedLMLoss, PretrainConfig, _autocast, encode, epoch_batches, make_optimizer, mask_tokens
+    from benchmarks.authors import pretrain_batch
+    from cloudlib import engine
+    from cloudlib import model as cloud_model
+    from cloudlib.config import PretrainConfig
+    from cloudlib.pretrain import MaskedLMLoss, MLMObjective
+    from cloudlib.registry import fetch
+    from cloudlib.tokenizer import make_tokenizer
 
     if authors_attn not in ("sdpa", "eager"):
         raise ValueError(f"authors_attn={authors_attn!r}: expected 'sdpa' or 'eager'")
@@ -293,26 +281,14 @@ def bench_pretrain(
     if strings is None:
         strings = pd.read_csv(fetch("cloud/pretrain_cloud_10k.csv"))["cloud"].tolist()
     strings = [str(s) for s in strings]
-    cfg = PretrainConfig(model=model, batch_size=batch_size, seed=seed)
+    cfg = PretrainConfig(model=model, batch_size=batch_size, seed=seed, max_steps=repeats * (warmup + steps))
     size = cloud_model.preset(model).replace(dropout=cfg.dropout)
-    block = size.block_size
 
     t0 = time.perf_counter()
-    data = encode(tok, strings)  # cloudlib encodes the corpus once, before training: not in the step clock
+    data = engine.encode(tok, strings)  # cloudlib encodes the corpus once, before training: not in the step clock
     encode_s = time.perf_counter() - t0
+    batches = _same_batches(data.lengths, batch_size, warmup + steps, seed, cfg.bucket_batches)
 
-    # the same batches of strings for both setups: train.py's length-bucketed order, full batches only
-    batches: list[torch.Tensor] = []
-    epoch = 0
-    while len(batches) < warmup + steps:
-        full = [b for b in epoch_batches(data, batch_size, epoch, seed, cfg.bucket_batches) if len(b) == batch_size]
-        if not full:
-            raise ValueError(f"{len(strings)} strings make no batch of {batch_size}")
-        batches += full
-        epoch += 1
-    batches = batches[: warmup + steps]
-
-    # two identical models (same config and seed -> same initial weights); only the attention may differ
     def build(attn: str) -> BertForMaskedLM:
         config = cloud_model.bert_config(size, tok)
         config._attn_implementation = attn
@@ -321,102 +297,93 @@ def bench_pretrain(
 
     authors_mlm, cloud_mlm = build(authors_attn), build("sdpa")
     same_init = all(a.equal(b) for a, b in zip(authors_mlm.state_dict().values(), cloud_mlm.state_dict().values()))
-    net = MaskedLMLoss(cloud_mlm).train()
-    opt_authors = make_optimizer(authors_mlm, cfg, device)
-    opt_cloud = make_optimizer(net, cfg, device)
-    collator = DataCollatorForLanguageModeling(tokenizer=tok, mlm=True, mlm_probability=cfg.mlm_probability,
-                                               return_tensors="pt")
+    d = engine.Dist(device=device)
 
-    def authors_batch(index: torch.Tensor) -> dict:
-        examples = []
-        for i in index.tolist():  # PretrainDataset.__getitem__, verbatim arguments
-            enc = tok(strings[i], add_special_tokens=True, max_length=block, return_token_type_ids=False,
-                      padding="max_length", truncation=True, return_attention_mask=True, return_tensors="pt")
-            examples.append({"input_ids": enc["input_ids"].flatten(),
-                             "attention_mask": enc["attention_mask"].flatten()})
-        return collator(examples)
+    def optimizer(module):
+        opt = engine.make_optimizer(engine.param_groups([(module, cfg.lr)], cfg.weight_decay), device)
+        return opt, engine.make_scheduler(opt, cfg, cfg.max_steps)
+
+    net = MaskedLMLoss(cloud_mlm).train()
+    objective = MLMObjective(data, data.rows([]), tok, cfg, device)
+    opt_c, sched_c = optimizer(net)
+    cloud_step = engine.Stepper(net, net, objective, opt_c, sched_c, cfg, d)
+    opt_a, sched_a = optimizer(authors_mlm)
+    collator = DataCollatorForLanguageModeling(
+        tokenizer=tok, mlm=True, mlm_probability=cfg.mlm_probability, return_tensors="pt"
+    )
 
     # sanity: both losses are the same objective (same weights, same masked batch, no dropout)
     with torch.no_grad():
         authors_mlm.eval()
         torch.manual_seed(seed)
-        probe = {k: v.to(device) for k, v in authors_batch(batches[0]).items()}
+        probe = {k: v.to(device) for k, v in pretrain_batch(tok, collator, strings, batches[0]).items()}
         width = int(probe["attention_mask"].sum(1).max())
-        with _autocast(device):
+        with engine.autocast(device):
             hf_loss = float(authors_mlm(**probe).loss)
-            trimmed = (probe[k][:, :width] for k in ("input_ids", "attention_mask", "labels"))
-            ours, _, _ = MaskedLMLoss(authors_mlm)(*trimmed)
+            ours, _, _ = MaskedLMLoss(authors_mlm)(
+                *(probe[k][:, :width] for k in ("input_ids", "attention_mask", "labels"))
+            )
         loss_diff = abs(hf_loss - float(ours))
         authors_mlm.train()
 
-    def authors_step(step: int, index: torch.Tensor):
-        torch.manual_seed(seed * 7_919 + step * 104_729)  # dropout and the collator's masks
+    def authors_step(step: int, index):
+        torch.manual_seed(engine.step_seed(seed, step))  # dropout and the collator's masks
         t0 = time.perf_counter()
-        batch = authors_batch(index)
-        t1 = time.perf_counter()
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with _autocast(device):
+        batch = {k: v.to(device) for k, v in pretrain_batch(tok, collator, strings, index).items()}
+        prep = time.perf_counter() - t0
+        with engine.autocast(device):
             loss = authors_mlm(**batch).loss
-        _update(loss, authors_mlm, opt_authors, cfg.grad_clip, device)
-        t2 = time.perf_counter()
-        return t1 - t0, t2 - t1, int(batch["attention_mask"].sum()), batch["input_ids"].numel(), float(loss.detach())
+        opt_a.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(authors_mlm.parameters(), cfg.grad_clip)
+        opt_a.step()
+        sched_a.step()
+        engine.synchronize(device)
+        return prep, int(batch["attention_mask"].sum()), batch["input_ids"].numel(), float(loss.detach())
 
-    def cloud_step(step: int, index: torch.Tensor):
-        torch.manual_seed(seed * 7_919 + step * 104_729)  # dropout, as train.py
-        g = torch.Generator().manual_seed(seed * 15_485_863 + step * 32_452_843)
-        t0 = time.perf_counter()
-        ids, mask = data.batch(index)
-        inputs, labels = mask_tokens(ids, mask, tok, cfg.mlm_probability, g)
-        t1 = time.perf_counter()
-        with _autocast(device):
-            loss, _, _ = net(inputs.to(device), mask.to(device), labels.to(device))
-        _update(loss, net, opt_cloud, cfg.grad_clip, device)
-        t2 = time.perf_counter()
-        return t1 - t0, t2 - t1, int(mask.sum()), ids.numel(), float(loss.detach())
+    def cloudlib_step(step: int, index):
+        loss, stats = cloud_step(step, index)
+        engine.synchronize(device)
+        return 0.0, stats["tokens"], int(data.lengths[index].max()) * len(index), float(loss.detach())
 
-    setups = {"authors": authors_step, "cloudlib": cloud_step}
+    setups = {"authors": authors_step, "cloudlib": cloudlib_step}
     total = {k: [] for k in setups}  # seconds of the timed steps, per repeat
-    compute = {k: [] for k in setups}
     stats: dict[str, dict] = {}
     peak: dict[int, float] = {}
     peak_bf16: dict[int, float] = {}
+    step_no = {k: 0 for k in setups}
     for _ in range(repeats):  # interleave so drift in machine load hits every setup alike
         for name, step_fn in setups.items():
-            for i, index in enumerate(batches[:warmup]):
-                step_fn(i, index)
-            t_data = t_model = 0.0
-            real = padded = 0
-            losses = []
-            for i, index in enumerate(batches[warmup:], start=warmup):
-                d, m, r, p, loss = step_fn(i, index)
-                t_data, t_model, real, padded = t_data + d, t_model + m, real + r, padded + p
+            for index in batches[:warmup]:
+                step_fn(step_no[name], index)
+                step_no[name] += 1
+            t_start, prep, real, padded, losses = time.perf_counter(), 0.0, 0, 0, []
+            for index in batches[warmup:]:
+                p, r, pad, loss = step_fn(step_no[name], index)
+                step_no[name] += 1
+                prep, real, padded = prep + p, real + r, padded + pad
                 losses.append(loss)
-            total[name].append(t_data + t_model)
-            compute[name].append(t_model)
-            stats[name] = {"real": real, "padded": padded, "loss": sum(losses) / len(losses),
-                           "data_s": t_data}
+            total[name].append(time.perf_counter() - t_start)
+            stats[name] = {"real": real, "padded": padded, "loss": sum(losses) / len(losses), "prep_s": prep}
         for n, f in _matmul_flops(peak_dtype, peak_sizes, peak_reps, device).items():
             peak[n] = max(peak.get(n, 0.0), f)
-        if not cuda:  # bf16 for information: the CPU has AVX512_BF16, but training runs in fp32
+        if not cuda:  # bf16 for information: the CPU may have AVX512_BF16, but training runs in fp32
             for n, f in _matmul_flops(torch.bfloat16, peak_sizes[:1], peak_reps, device).items():
                 peak_bf16[n] = max(peak_bf16.get(n, 0.0), f)
 
     real = stats["cloudlib"]["real"]
-    n_seqs = steps * batch_size
-    mean_len = real / n_seqs
+    mean_len = real / (steps * batch_size)
     n_non_emb = cloud_model.n_params(cloud_mlm)
     flops_real = cloud_model.flops_per_token(size, n_non_emb, mean_len)
     # what the authors' setup executes per (padded) position: 64-token attention + the full-vocabulary decoder
-    flops_padded = cloud_model.flops_per_token(size, n_non_emb, block) + 6.0 * size.n_embd * len(tok)
+    flops_padded = cloud_model.flops_per_token(size, n_non_emb, size.block_size) + 6.0 * size.n_embd * len(tok)
     peak_best = max(peak.values())
     rate = {k: real / min(v) for k, v in total.items()}
-    rate_compute = {k: real / min(v) for k, v in compute.items()}
-    precision = "bf16 autocast" if cuda else "fp32"
     peak_name = "bf16" if cuda else "fp32"
     result = {
         "model": model,
         "device": f"cuda ({torch.cuda.get_device_name(device)})" if cuda else f"cpu, {torch.get_num_threads()} threads",
-        "precision": precision,
+        "precision": "bf16 autocast" if cuda else "fp32",
         "batch_size": batch_size,
         "timed_steps": steps,
         "warmup_steps": warmup,
@@ -433,15 +400,11 @@ def bench_pretrain(
             "cloudlib padded (dynamic)": stats["cloudlib"]["padded"] / steps,
         },
         "real_tokens_per_s": {k: round(v, 1) for k, v in rate.items()},
-        "real_tokens_per_s_compute_only": {k: round(v, 1) for k, v in rate_compute.items()},
         "ms_per_step": {
             **{f"{k} total": round(1e3 * min(v) / steps, 2) for k, v in total.items()},
-            **{f"{k} batch preparation": round(1e3 * stats[k]["data_s"] / steps, 2) for k in setups},
+            "authors batch preparation": round(1e3 * stats["authors"]["prep_s"] / steps, 2),
         },
-        "ratios": {
-            "cloudlib / authors": round(rate["cloudlib"] / rate["authors"], 3),
-            "cloudlib / authors (compute only)": round(rate_compute["cloudlib"] / rate_compute["authors"], 3),
-        },
+        "ratios": {"cloudlib / authors": round(rate["cloudlib"] / rate["authors"], 3)},
         "flops_per_real_token": round(flops_real),
         "flops_per_padded_position_authors": round(flops_padded),
         "peak_tflops": {
@@ -451,10 +414,9 @@ def bench_pretrain(
         "mfu": {
             "authors": round(rate["authors"] * flops_real / peak_best, 4),
             "cloudlib": round(rate["cloudlib"] * flops_real / peak_best, 4),
-            "authors (compute only)": round(rate_compute["authors"] * flops_real / peak_best, 4),
-            "cloudlib (compute only)": round(rate_compute["cloudlib"] * flops_real / peak_best, 4),
             "authors HFU on padded positions": round(
-                rate["authors"] / real * stats["authors"]["padded"] * flops_padded / peak_best, 4),
+                rate["authors"] / real * stats["authors"]["padded"] * flops_padded / peak_best, 4
+            ),
         },
         "mfu_peak": f"{peak_name} torch.mm, best of sizes {list(peak_sizes)}",
         "train_loss_last_repeat": {k: round(v["loss"], 4) for k, v in stats.items()},
@@ -463,8 +425,12 @@ def bench_pretrain(
         "loss_agreement_abs": loss_diff,
     }
     tolerance = (2e-2 if cuda else 1e-3) * max(1.0, abs(hf_loss))  # bf16 autocast: shapes change the rounding
-    result["ok"] = bool(result["same_real_tokens"] and same_init and loss_diff < tolerance
-                        and all(math.isfinite(v["loss"]) for v in stats.values()))
+    result["ok"] = bool(
+        result["same_real_tokens"]
+        and same_init
+        and loss_diff < tolerance
+        and all(math.isfinite(v["loss"]) for v in stats.values())
+    )
     return result
 
 
@@ -480,7 +446,7 @@ def _print(title: str, result: dict) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cloudlib.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["scope", "tokenizer", "pretrain"])
     p.add_argument("--n", type=int, default=None, help="structures (scope, default 1000) or strings (tokenizer, 10000)")
     p.add_argument("--repeats", type=int, default=3)
@@ -490,22 +456,38 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20, help="pretrain: timed steps per repeat")
     p.add_argument("--warmup", type=int, default=3, help="pretrain: untimed steps before each repeat")
     p.add_argument("--authors-attn", choices=["sdpa", "eager"], default="sdpa", help="pretrain: authors' attention")
-    p.add_argument("--peak-sizes", type=int, nargs="+", default=None,
-                   help="pretrain: square matmul sizes of the measured peak (default 2048 4096; CUDA 4096 8192)")
+    p.add_argument(
+        "--peak-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="pretrain: square matmul sizes of the measured peak (default 2048 4096; CUDA 4096 8192)",
+    )
     args = p.parse_args(argv)
     import os
 
     import torch
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    )
     results = {}
     if args.what == "pretrain":
-        results["pretrain"] = bench_pretrain(args.model, args.batch_size, args.steps, args.repeats, args.warmup,
-                                             authors_attn=args.authors_attn, peak_sizes=args.peak_sizes)
-        _print(f"MLM pre-training, {args.model}, batch {args.batch_size} (real tokens/s, same strings, one run)",
-               results["pretrain"])
+        results["pretrain"] = bench_pretrain(
+            args.model,
+            args.batch_size,
+            args.steps,
+            args.repeats,
+            args.warmup,
+            authors_attn=args.authors_attn,
+            peak_sizes=args.peak_sizes,
+        )
+        _print(
+            f"MLM pre-training, {args.model}, batch {args.batch_size} (real tokens/s, same strings, one run)",
+            results["pretrain"],
+        )
         if args.json:
-            from .io import write_json
+            from cloudlib.io import write_json
 
             write_json(args.json, results)
         return 0 if results["pretrain"]["ok"] else 1

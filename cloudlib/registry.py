@@ -1,4 +1,4 @@
-"""Datasets: a registry of files with canonical sources and sha256, a verified cache, loaders.
+"""The data registry: every file the project reads, with its canonical source, licence and sha256.
 
 Every file is fetched in this order and checked against its sha256 before use:
 
@@ -12,11 +12,10 @@ A file whose bytes do not match raises :class:`~cloudlib.errors.ChecksumError` n
 both hashes; when no source can deliver, :class:`~cloudlib.errors.DataUnavailableError` lists what
 was tried.
 """
+
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import os
 import tarfile
 import urllib.error
@@ -228,7 +227,8 @@ def _timeout() -> float:
     return float(os.environ.get("CLOUD_DOWNLOAD_TIMEOUT", "60"))
 
 
-def _download(url: str) -> bytes:
+def download(url: str) -> bytes:
+    """The bytes at ``url`` (timeout ``$CLOUD_DOWNLOAD_TIMEOUT`` s, default 60)."""
     req = urllib.request.Request(url, headers={"User-Agent": "cloud-companion"})
     with urllib.request.urlopen(req, timeout=_timeout()) as r:
         return r.read()
@@ -249,7 +249,7 @@ def _from_archive(ds: Dataset) -> bytes:
     if not archive.exists():
         if _offline():
             raise DataUnavailableError("offline ($CLOUD_OFFLINE) and not cached", ds.archive)
-        write_bytes(archive, _check(_download(ds.archive_url), ds.archive_sha256, ds.archive, ds.archive_url))
+        write_bytes(archive, _check(download(ds.archive_url), ds.archive_sha256, ds.archive, ds.archive_url))
     if ds.archive.endswith(".whl"):
         with zipfile.ZipFile(archive) as z:
             return z.read(ds.member)
@@ -322,8 +322,12 @@ def fetch(name: str) -> Path:
     def accept(blob: bytes, source: str) -> None:
         _check(blob, ds.sha256, name, source)
 
-    return fetch_with(name, accept, remote=(lambda: _from_archive(ds)) if ds.archive else (lambda: _download(ds.url)),
-                      remote_label=ds.archive_url if ds.archive else ds.url)
+    return fetch_with(
+        name,
+        accept,
+        remote=(lambda: _from_archive(ds)) if ds.archive else (lambda: download(ds.url)),
+        remote_label=ds.archive_url if ds.archive else ds.url,
+    )
 
 
 def registry_table() -> pd.DataFrame:
@@ -339,267 +343,3 @@ def registry_table() -> pd.DataFrame:
         for d in REGISTRY.values()
     ]
     return pd.DataFrame(rows).set_index("name")
-
-
-# --------------------------------------------------------------------------- MatBench
-
-
-def matbench_metadata(task: str | None = None) -> dict:
-    """MatBench v0.1 metadata (target column, task type, unit, n_samples, mad ...)."""
-    meta = json.loads(fetch("pypi/matbench-0.6/matbench_v0.1_dataset_metadata.json").read_text())
-    if task is None:
-        return meta
-    if task not in meta:
-        raise KeyError(f"unknown MatBench task {task!r}; known: {sorted(meta)}")
-    return meta[task]
-
-
-def matbench_id(task: str, i: int) -> str:
-    """MatBench id of row i (0-based) of a task, e.g. ``mb-dielectric-0001``."""
-    return f"mb-{task.replace('matbench_', '').replace('_', '-')}-{i + 1:04d}"
-
-
-_SPLITS: dict | None = None
-
-
-def matbench_split(task: str, fold: int) -> tuple[list[str], list[str]]:
-    """Official MatBench v0.1 (train_ids, test_ids) for ``fold`` in 0..4."""
-    global _SPLITS
-    if _SPLITS is None:
-        _SPLITS = json.loads(fetch("pypi/matbench-0.6/matbench_v0.1_validation.json").read_text())["splits"]
-    if task not in _SPLITS:
-        raise KeyError(f"unknown MatBench task {task!r}; known: {sorted(_SPLITS)}")
-    folds = _SPLITS[task]
-    key = f"fold_{fold}"
-    if key not in folds:
-        raise KeyError(f"{task} has folds {sorted(folds)}, not {key}")
-    return list(folds[key]["train"]), list(folds[key]["test"])
-
-
-def _matbench_from_matminer(task: str) -> pd.DataFrame:
-    from matminer.datasets import load_dataset
-
-    df = load_dataset(task)
-    df.index = [matbench_id(task, i) for i in range(len(df))]
-    return df
-
-
-def load_matbench(task: str) -> pd.DataFrame:
-    """A MatBench task as a DataFrame indexed by MatBench id, columns ``structure`` and the target.
-
-    matbench_dielectric comes from the pinned crystal-toolkit wheel on PyPI (4,764 rows, target
-    ``n``); every task is also tried through matminer's own download (figshare), which needs internet.
-    """
-    from pymatgen.core import Structure
-
-    meta = matbench_metadata(task)
-    target = meta["target"]
-    errors = []
-    if task == "matbench_dielectric":
-        try:
-            raw = json.loads(gzip.decompress(fetch(REGISTRY_DIELECTRIC).read_bytes()))
-            keys = sorted(raw["structure"], key=int)
-            df = pd.DataFrame(
-                {
-                    "structure": [Structure.from_dict(raw["structure"][k]) for k in keys],
-                    target: [float(raw[target][k]) for k in keys],
-                },
-                index=pd.Index([matbench_id(task, int(k)) for k in keys], name="id"),
-            )
-            _expect_rows(df, meta, task)
-            return df
-        except DataError as exc:
-            errors.append(str(exc))
-    try:
-        df = _matbench_from_matminer(task)
-    except Exception as exc:  # matminer raises assorted network/IO errors
-        errors.append(f"matminer.load_dataset: {type(exc).__name__}: {exc}")
-        raise DataUnavailableError("; ".join(errors), task) from exc
-    df.index.name = "id"
-    _expect_rows(df, meta, task)
-    return df[["structure", target]]
-
-
-REGISTRY_DIELECTRIC = "pypi/crystal_toolkit-2026.7.20/matbench_dielectric.json.gz"
-
-
-def _expect_rows(df: pd.DataFrame, meta: dict, task: str) -> None:
-    n = meta.get("n_samples")
-    if n is not None and len(df) != n:
-        raise DataError(f"expected {n} rows, got {len(df)}", task)
-
-
-def load_paper_dielectric_scope() -> pd.DataFrame:
-    """The authors' SCOPE strings for matbench_dielectric fold 0, indexed by MatBench id.
-
-    Columns ``scope``, ``n`` and ``split`` (``train_and_val`` / ``test``); the CSVs list rows in
-    MatBench id order of the official fold-0 split, which is how ids are attached here.
-    """
-    train_ids, test_ids = matbench_split("matbench_dielectric", 0)
-    parts = []
-    for split, ids in (("train_and_val", train_ids), ("test", test_ids)):
-        df = pd.read_csv(fetch(f"cloud/finetune_dielectric_{split}.csv"))
-        if len(df) != len(ids):
-            raise DataError(f"{len(df)} rows but fold 0 has {len(ids)} {split} ids", f"finetune_dielectric_{split}")
-        df.index = pd.Index(ids, name="id")
-        df["split"] = split
-        parts.append(df)
-    return pd.concat(parts)
-
-
-# --------------------------------------------------------------------------- pre-training corpus
-
-
-def _read_csv_text(name: str) -> pd.DataFrame:
-    return pd.read_csv(fetch(name), comment=None, skiprows=1, low_memory=False)
-
-
-def corpus_sources() -> dict[str, callable]:
-    """Offline sources of crystals: name -> loader returning a Mapping id -> structure item.
-
-    Items are what :func:`cloudlib.scope.scope_table` accepts; the loader for ``cloud_10k`` returns
-    SCOPE strings directly (the authors' sample of their OPTIMADE corpus).
-    """
-    from .scope import CifText, DictText
-
-    def dielectric():
-        return load_matbench("matbench_dielectric")["structure"].to_dict()
-
-    def flla():
-        df = _read_csv_text("pypi/matminer-0.3.9/flla_2015.csv")
-        return {f"flla:{m}": DictText(s) for m, s in zip(df.material_id, df.structure)}
-
-    def matminer_cif(file):
-        def load():
-            df = _read_csv_text(f"pypi/matminer-0.3.9/{file}.csv")
-            return {f"{file}:{m}": CifText(s) for m, s in zip(df.material_id, df.structure)}
-
-        return load
-
-    def prototypes():
-        from importlib.resources import files
-
-        raw = files("pymatgen.analysis.prototypes").joinpath("aflow_prototypes.json.gz").read_bytes()
-        protos = json.loads(gzip.decompress(raw))
-        return {f"aflow:{i}:{p['tags']['aflow']}": p["snl"] for i, p in enumerate(protos)}  # labels repeat
-
-    def perov():
-        out = {}
-        for split in ("val", "test"):
-            df = pd.read_csv(fetch(f"cdvae/perov_5_{split}.csv"))
-            out.update({f"perov_5:{m}": CifText(c) for m, c in zip(df.material_id, df.cif)})
-        return out
-
-    def matcalc(file, key):
-        def load():
-            rows = json.loads(gzip.decompress(fetch(f"matcalc/{file}").read_bytes()))
-            return {f"matcalc:{r[key]}": DictText(r["structure"]) for r in rows}
-
-        return load
-
-    def cloud_10k():
-        df = pd.read_csv(fetch("cloud/pretrain_cloud_10k.csv"))
-        return {f"cloud_10k:{i}": s for i, s in enumerate(df["cloud"])}
-
-    return {
-        "cloud_10k": cloud_10k,
-        "matbench_dielectric": dielectric,
-        "matminer_flla_2015": flla,
-        "matminer_elastic_tensor": matminer_cif("elastic_tensor"),
-        "matminer_dielectric_constant": matminer_cif("dielectric_constant"),
-        "pymatgen_aflow_prototypes": prototypes,
-        "cdvae_perov_5": perov,
-        "matcalc_mp_elasticity": matcalc("mp-binary-pbe-elasticity-2025.1.json.gz", "mp_id"),
-        "matcalc_wbm": matcalc("wbm-random-pbe52-equilibrium-2025.1.json.gz", "material_id"),
-    }
-
-
-STRING_SOURCES = {"cloud_10k"}
-#: Part of the corpus cache's file name: bump it whenever a loader or SCOPE itself changes output.
-CORPUS_VERSION = 2
-
-
-def build_corpus(
-    sources: list[str] | None = None,
-    jobs: int = 1,
-    limit: int | None = None,
-    progress: bool = True,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Compute the pre-training corpus: (rows, per-source table). Not cached; see load_pretraining_corpus.
-
-    ``rows`` has one row per input crystal (index ``id``; columns ``source``, ``scope``, ``error``),
-    failures kept. The table has, per source: structures, ok (valid SCOPE), unique strings, and
-    ``new unique`` (strings not already contributed by an earlier source in the order given).
-    ``limit`` takes the first N items of each source (smoke runs).
-    """
-    from .scope import scope_table
-
-    loaders = corpus_sources()
-    names = list(loaders) if sources is None else list(sources)
-    unknown = set(names) - set(loaders)
-    if unknown:
-        raise KeyError(f"unknown corpus sources {sorted(unknown)}; known: {sorted(loaders)}")
-    frames, table, seen = [], [], set()
-    for name in names:
-        try:
-            items = loaders[name]()
-        except DataError as exc:
-            table.append({"source": name, "structures": 0, "ok": 0, "unique": 0, "new unique": 0,
-                          "note": f"unavailable: {exc}"})
-            continue
-        if limit is not None:
-            items = dict(list(items.items())[:limit])
-        if name in STRING_SOURCES:
-            df = pd.DataFrame({"scope": list(items.values()), "error": None},
-                              index=pd.Index(list(items), name="id"))
-        else:
-            df = scope_table(items, jobs=jobs, progress=progress)
-        df.insert(0, "source", name)
-        frames.append(df)
-        ok = df["scope"].dropna()
-        uniq = set(ok)
-        table.append({"source": name, "structures": len(df), "ok": len(ok), "unique": len(uniq),
-                      "new unique": len(uniq - seen), "note": ""})
-        seen |= uniq
-    rows = pd.concat(frames) if frames else pd.DataFrame(columns=["source", "scope", "error"])
-    tab = pd.DataFrame(table).set_index("source")
-    tab.loc["total (deduplicated)"] = [
-        int(tab["structures"].sum()), int(tab["ok"].sum()), len(seen), len(seen), ""
-    ]
-    return rows, tab
-
-
-def load_pretraining_corpus(
-    sources: list[str] | None = None,
-    jobs: int = 1,
-    limit: int | None = None,
-    refresh: bool = False,
-    progress: bool = True,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Deduplicated SCOPE corpus from every offline source, with provenance; cached on disk.
-
-    Returns ``(corpus, table)``: ``corpus`` has one row per unique string (index ``scope``; columns
-    ``source`` = the first source that produced it, ``sources`` = all of them joined by ``;``,
-    ``count`` = how many crystals share it, ``example_id``); ``table`` is the per-source count table of
-    :func:`build_corpus`. The full per-crystal table (with errors) is cached beside it.
-    """
-    from .io import write_csv
-
-    key = "all" if sources is None else "-".join(sources)
-    size = "full" if limit is None else f"limit{limit}"
-    stem = paths.derived_dir() / f"corpus-v{CORPUS_VERSION}_{key}_{size}"
-    rows_path, table_path = Path(f"{stem}_rows.csv.gz"), Path(f"{stem}_table.csv")
-    if refresh or not (rows_path.exists() and table_path.exists()):
-        rows, table = build_corpus(sources, jobs=jobs, limit=limit, progress=progress)
-        write_csv(rows_path, rows)
-        write_csv(table_path, table)
-    rows = pd.read_csv(rows_path, index_col="id", keep_default_na=False, na_values=[""])
-    table = pd.read_csv(table_path, index_col="source", keep_default_na=False)
-    ok = rows.dropna(subset=["scope"])
-    corpus = ok.reset_index().groupby("scope", sort=False).agg(
-        source=("source", "first"),
-        sources=("source", lambda s: ";".join(dict.fromkeys(s))),
-        count=("id", "size"),
-        example_id=("id", "first"),
-    )
-    return corpus, table

@@ -1,0 +1,278 @@
+"""Every setting of every step, in one place: one config dataclass per step and its named presets.
+
+Vocabulary (used the same way everywhere in the project):
+
+* a **preset** is a named configuration of one step, ``PRESETS[step][name]``; :func:`preset` returns it with
+  overrides applied (an unknown field is an error, never ignored);
+* a **profile** (``smoke`` / ``laptop`` / ``paper``) is a run of the main job: ``params/<profile>.yaml`` names,
+  per notebook, the preset to use plus run-size parameters, and the profile decides where outputs go.
+
+The steps and their dataclasses:
+
+=========  =====================  ==================================================================
+step       dataclass              what it configures
+=========  =====================  ==================================================================
+pretrain   :class:`PretrainConfig`  MLM pre-training of the encoder (:mod:`cloudlib.pretrain`)
+finetune   :class:`FinetuneConfig`  a property head on the encoder (:mod:`cloudlib.finetune`, MatBench)
+debye      :class:`FinetuneConfig`  CLOUD-DEBYE and its direct-regression baseline (:mod:`cloudlib.cloud_debye`)
+curves     :class:`FinetuneConfig`  the direct multi-temperature Cv(T) regressor
+sweep      :class:`SweepConfig`     the (N, D) pre-training grid of the scaling study (:mod:`cloudlib.sweep`)
+=========  =====================  ==================================================================
+
+:class:`TrainConfig` holds the fields the training engine (:mod:`cloudlib.engine`) reads; the pre-training and
+fine-tuning configs extend it. Results files record ``config.to_dict()`` of what actually ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+TASKS = ("regression", "classification")
+
+
+class _Config:
+    """Shared behaviour of the config dataclasses."""
+
+    def replace(self, **kw):
+        """A copy with fields changed; an unknown field raises :class:`ConfigError` naming the known ones."""
+        check_fields(type(self), kw)
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def check_fields(cls, values: dict) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown field(s) {unknown}; {cls.__name__} has {sorted(known)}", cls.__name__)
+
+
+@dataclass
+class TrainConfig(_Config):
+    """What the training engine reads. Steps count optimizer updates; evaluations happen every ``eval_every``
+    steps (``None``: at the end of every epoch) and at the last step."""
+
+    epochs: float = 1.0  # may be fractional; max_steps wins when set
+    max_steps: int | None = None
+    batch_size: int = 64  # per rank
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05  # linear warm-up over this share of the steps, then cosine to zero
+    grad_clip: float | None = 1.0  # max gradient norm (None: no clipping)
+    seed: int = 0  # data order, masks, dropout, initialisation and validation rows all derive from it
+    bucket_batches: int = 50  # length-sort within windows of this many batches (0 = no bucketing)
+    val_fraction: float = 0.2  # validation rows carved out of the training data (seeded); 0 = none
+    eval_every: int | None = None  # steps between evaluations (None: once per epoch)
+    ckpt_every: int | None = None  # steps between checkpoints when a checkpoint folder is given (None: each eval)
+    patience: int | None = None  # evaluations without improvement before stopping (None: never stop early)
+    threads: int | None = None  # torch CPU threads per process (None: all cores / local ranks)
+
+    def __post_init__(self):
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}", "val_fraction")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}", "batch_size")
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """Masked-language-model pre-training (saved with every checkpoint and in ``config.json``)."""
+
+    model: str = "tiny"  # a size preset of cloudlib.model.PRESETS or a spec "L{layers}xD{width}"
+    eval_every: int | None = 100
+    ckpt_every: int | None = 100
+    mlm_probability: float = 0.15
+    eval_max_strings: int | None = 4096  # validation strings per evaluation (None = all)
+    dropout: float = 0.1
+    corpus_limit: int | None = None  # crystals per corpus source (smoke runs)
+    max_train_strings: int | None = None  # the first N strings of the seeded training split (data-scaling sweeps)
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """A head on the encoder's [CLS] state (property prediction, CLOUD-DEBYE, the Cv(T) regressor)."""
+
+    encoder: str = "models/cloud-laptop"  # a model folder, a size preset (random init) or "ChangwenXu/CLOUD"
+    pretrained: bool = True  # False: same architecture as ``encoder``, random initialisation (the ablation)
+    task: str = "regression"  # or "classification" (targets 0/1, BCE loss, probabilities out)
+    epochs: float = 6
+    batch_size: int = 32
+    lr: float = 1e-4  # encoder
+    head_lr: float | None = 1e-3  # the MLP head (None: same as lr)
+    weight_decay: float = 0.01
+    dropout: float = 0.1  # before the head (the encoder keeps its own config's dropout)
+    val_fraction: float = 0.1
+    bucket_batches: int = 20
+    eval_batch_size: int = 256
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}", "task")
+
+
+@dataclass(frozen=True)
+class SweepConfig(_Config):
+    """A grid of pre-training runs (model sizes x data sizes). ``data_sizes`` count unique training strings
+    (None = the whole training split)."""
+
+    models: tuple[str, ...]  # presets or "L{layers}xD{width}" specs (cloudlib.model.preset)
+    data_sizes: tuple[int | None, ...]
+    epochs: float = 3.0
+    min_steps: int = 300
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup_ratio: float = 0.05
+    evals: int = 6  # validation evaluations per run (the best one is the run's loss)
+    eval_max_strings: int | None = 2048  # the fixed validation set (None = the whole validation split)
+    val_fraction: float = 0.2
+    seed: int = 0
+    corpus_limit: int | None = None  # crystals per corpus source (smoke)
+
+
+# --------------------------------------------------------------------------- the presets
+
+_PRETRAIN = {
+    # seconds: a tiny model on a slice of the corpus
+    "smoke": PretrainConfig(
+        model="tiny",
+        max_steps=60,
+        batch_size=32,
+        lr=2e-3,
+        eval_every=30,
+        ckpt_every=20,
+        corpus_limit=150,
+        eval_max_strings=512,
+    ),
+    # the README's main job on 2 CPU cores: ~10 minutes
+    "laptop": PretrainConfig(
+        model="small", epochs=4, batch_size=128, lr=1e-3, eval_every=100, ckpt_every=100, eval_max_strings=4096
+    ),
+    # the paper (config_pretrain.yaml): BERT-base, batch 1024, lr 1e-4, cosine, 5 % warm-up, 50 epochs
+    "paper": PretrainConfig(
+        model="base",
+        epochs=50,
+        batch_size=1024,
+        lr=1e-4,
+        weight_decay=0.0,
+        warmup_ratio=0.05,
+        eval_every=2000,
+        ckpt_every=2000,
+        eval_max_strings=None,
+    ),
+}
+
+_FINETUNE = {
+    # seconds to a few minutes: the shipped encoder, 2 epochs (MatBench smoke runs need a pre-trained encoder)
+    "smoke": FinetuneConfig(
+        encoder="models/cloud-laptop", epochs=2, batch_size=32, lr=1e-3, head_lr=1e-3, val_fraction=0.2
+    ),
+    # ~3,400 training strings with the shipped 4-layer/256 encoder on 2 CPU cores: ~60-90 s per fit
+    "laptop": FinetuneConfig(
+        encoder="models/cloud-laptop",
+        epochs=6,
+        batch_size=64,
+        lr=2e-4,
+        head_lr=1e-3,
+        weight_decay=0.01,
+        warmup_ratio=0.05,
+        val_fraction=0.1,
+        patience=None,
+    ),
+    # the authors' config.yaml: 200 epochs, AdamW lr 5e-5 (one lr for all), weight decay 0.01, 10 warm-up
+    # epochs (5 %), cosine to ~0, batch 512, dropout 0.1, no gradient clipping, valid_size 0.25. The encoder is
+    # the one notebook 02 pre-trains in the paper profile; encoder="ChangwenXu/CLOUD" takes the released weights.
+    "paper": FinetuneConfig(
+        encoder="models/cloud-paper",
+        epochs=200,
+        batch_size=512,
+        lr=5e-5,
+        head_lr=None,
+        weight_decay=0.01,
+        warmup_ratio=0.05,
+        dropout=0.1,
+        val_fraction=0.25,
+        patience=None,
+        grad_clip=None,
+    ),
+}
+
+# CLOUD-DEBYE and its direct-regression baseline: the fine-tuning recipe of each profile, adapted
+_DEBYE = {
+    # seconds: a random tiny encoder
+    "smoke": _FINETUNE["smoke"].replace(encoder="tiny", pretrained=False, epochs=3),
+    # ~1,100 training strings with the shipped 4-layer/256 encoder on 2 CPU cores: ~1.5 min per model
+    "laptop": _FINETUNE["laptop"].replace(epochs=20, batch_size=32, lr=3e-4),
+    # the authors' fine-tuning recipe on the paper-profile encoder
+    "paper": _FINETUNE["paper"].replace(batch_size=64),
+}
+
+# the direct multi-temperature regressor: CLOUD-DEBYE's recipe with its own number of epochs
+_CURVES = {name: cfg.replace(epochs=epochs) for (name, cfg), epochs in zip(_DEBYE.items(), (3, 30, 200))}
+
+_SWEEP = {
+    # seconds: 5 x 4 very small runs on a slice of the corpus (checks the machinery, not the science)
+    "smoke": SweepConfig(
+        models=("L1xD16", "L1xD24", "L1xD32", "L2xD32", "L2xD48"),
+        data_sizes=(150, 300, 600, None),
+        epochs=1.0,
+        min_steps=12,
+        batch_size=32,
+        evals=2,
+        eval_max_strings=256,
+        corpus_limit=150,
+    ),
+    # the README's main job: 5 sizes (8 k - 350 k non-embedding parameters, 1.6 decades) x 5 data sizes
+    # (1.6 k strings to the whole 25 k training split, 1.2 decades), 3 epochs each; ~5 min on 2 cores
+    "laptop": SweepConfig(
+        models=("L1xD24", "L1xD40", "L2xD48", "L2xD80", "L3xD96"),
+        data_sizes=(1600, 3200, 6400, 12800, None),
+        epochs=3.0,
+        min_steps=50,
+    ),
+    # a GPU machine: up to the paper's BERT-base (85 M), 3 decades of N, longer schedules
+    "paper": SweepConfig(
+        models=("L2xD128", "mini", "small", "L6xD384", "medium", "base"),
+        data_sizes=(2000, 4000, 8000, 16000, None),
+        epochs=20.0,
+        min_steps=2000,
+        batch_size=256,
+        lr=5e-4,
+        evals=10,
+        eval_max_strings=None,
+    ),
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "pretrain": _PRETRAIN,
+    "finetune": _FINETUNE,
+    "debye": _DEBYE,
+    "curves": _CURVES,
+    "sweep": _SWEEP,
+}
+
+
+def preset(step: str, name: str, **overrides):
+    """The ``name`` preset of ``step`` with ``overrides`` applied (a fresh copy; presets are never mutated).
+
+    Raises :class:`ConfigError` for an unknown step, preset or field.
+    """
+    if step not in PRESETS:
+        raise ConfigError(f"unknown step {step!r}; steps: {sorted(PRESETS)}", step)
+    if name not in PRESETS[step]:
+        raise ConfigError(f"unknown {step} preset {name!r}; presets: {sorted(PRESETS[step])}", name)
+    return PRESETS[step][name].replace(**overrides)
+
+
+def from_dict(cls, values: dict):
+    """A config of class ``cls`` from a saved ``to_dict()`` (fields it no longer has are an error)."""
+    check_fields(cls, values)
+    if cls is SweepConfig:
+        values = {**values, "models": tuple(values["models"]), "data_sizes": tuple(values["data_sizes"])}
+    return cls(**values)

@@ -1,0 +1,67 @@
+"""Scores: regression metrics in the paper's units, and the thermodynamic-consistency audit of Cv(T) curves.
+
+* :func:`regression_metrics` -- MAE, MAD, MAE/MAD (the paper's unit-free score), RMSE, R².
+* :func:`consistency_audit` -- per material, which thermodynamic rules a predicted Cv(T) curve breaks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .debye import dulong_petit
+
+
+def regression_metrics(y, pred) -> dict:
+    """MAE, MAD (mean absolute deviation of y), MAE/MAD (the paper's unit-free score), RMSE and R²."""
+    y, pred = np.asarray(y, dtype=float), np.asarray(pred, dtype=float)
+    if y.shape != pred.shape:
+        raise ValueError(f"y has shape {y.shape} but pred {pred.shape}")
+    mae = float(np.mean(np.abs(pred - y)))
+    mad = float(np.mean(np.abs(y - y.mean())))
+    ss = float(np.sum((y - y.mean()) ** 2))
+    return {
+        "mae": mae,
+        "mad": mad,
+        "mae_over_mad": mae / mad if mad > 0 else float("nan"),
+        "rmse": float(np.sqrt(np.mean((pred - y) ** 2))),
+        "r2": 1.0 - float(np.sum((pred - y) ** 2)) / ss if ss > 0 else float("nan"),
+        "n": int(len(y)),
+    }
+
+
+#: 40 temperatures from 1 K to 3000 K (log-spaced): the audit's grid.
+AUDIT_TEMPERATURES = tuple(float(t) for t in np.geomspace(1.0, 3000.0, 40))
+
+
+def consistency_audit(cv, temperatures, n_atoms, rtol: float = 1e-6) -> pd.DataFrame:
+    """Thermodynamic checks of predicted curves ``cv`` [materials, temperatures] (temperatures ascending).
+
+    One row per material, one boolean column per *violation*: ``negative`` (Cv < 0), ``above_dulong_petit``
+    (Cv > 3NR), ``not_monotone`` (Cv falls as T rises), ``low_T_limit`` (Cv at the lowest T above 1 % of 3NR,
+    though a Debye solid with Θ >= 10 K has Cv(1 K) < 0.2 % of 3NR), ``high_T_limit`` (Cv at the highest T not
+    within 5 % of 3NR), and ``any``. ``rtol`` (relative to 3NR) absorbs floating-point noise.
+    """
+    cv = np.asarray(cv, dtype=float)
+    T = np.asarray(temperatures, dtype=float)
+    if np.any(np.diff(T) <= 0):
+        raise ValueError("temperatures must be strictly increasing")
+    limit = dulong_petit(n_atoms)[:, None] * np.ones_like(cv)
+    frac = cv / limit
+    return pd.DataFrame(
+        {
+            "negative": (frac < -rtol).any(axis=1),
+            "above_dulong_petit": (frac > 1 + rtol).any(axis=1),
+            "not_monotone": (np.diff(frac, axis=1) < -rtol).any(axis=1),
+            "low_T_limit": frac[:, 0] > 0.01,
+            "high_T_limit": np.abs(frac[:, -1] - 1) > 0.05,
+        }
+    ).assign(any=lambda d: d.any(axis=1))
+
+
+def audit_counts(curves: dict[str, np.ndarray], temperatures, n_atoms) -> pd.DataFrame:
+    """Violations per rule for several models' curves on the same materials: one row per model, with the
+    number of ``materials`` audited first."""
+    table = pd.DataFrame({name: consistency_audit(c, temperatures, n_atoms).sum() for name, c in curves.items()}).T
+    table.insert(0, "materials", len(np.atleast_1d(n_atoms)))
+    return table

@@ -1,0 +1,90 @@
+"""One source of settings: every preset is a config of its step, overrides are checked, nothing is replaced
+behind the user's back, and the notebooks and profiles name real presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cloudlib import config, runner
+from cloudlib.config import FinetuneConfig, PretrainConfig, SweepConfig
+from cloudlib.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+STEP_CLASS = {
+    "pretrain": PretrainConfig,
+    "finetune": FinetuneConfig,
+    "debye": FinetuneConfig,
+    "curves": FinetuneConfig,
+    "sweep": SweepConfig,
+}
+
+
+def test_every_step_has_the_three_presets_of_its_class():
+    assert set(config.PRESETS) == set(STEP_CLASS)
+    for step, presets in config.PRESETS.items():
+        assert set(presets) == {"smoke", "laptop", "paper"}, step
+        assert all(type(p) is STEP_CLASS[step] for p in presets.values()), step
+
+
+def test_preset_returns_a_copy_with_checked_overrides():
+    cfg = config.preset("finetune", "laptop", epochs=20, patience=6)
+    assert (cfg.epochs, cfg.patience) == (20, 6)
+    assert config.PRESETS["finetune"]["laptop"].epochs == 6  # the preset itself is untouched
+    with pytest.raises(ConfigError, match="epoks"):
+        config.preset("finetune", "laptop", epoks=20)
+    with pytest.raises(ConfigError, match="presets"):
+        config.preset("finetune", "huge")
+    with pytest.raises(ConfigError, match="steps"):
+        config.preset("finetuning", "laptop")
+    with pytest.raises(ConfigError, match="task"):
+        config.preset("finetune", "laptop", task="ranking")
+    with pytest.raises(ConfigError, match="val_fraction"):
+        FinetuneConfig(val_fraction=1.0)
+
+
+def test_round_trip_and_the_curves_presets():
+    for step, presets in config.PRESETS.items():
+        for p in presets.values():
+            assert config.from_dict(STEP_CLASS[step], json.loads(json.dumps(p.to_dict()))) == p
+    for name in ("smoke", "laptop", "paper"):  # the Cv(T) regressor: CLOUD-DEBYE's recipe, its own epochs
+        debye, curves = config.PRESETS["debye"][name], config.PRESETS["curves"][name]
+        assert dataclasses.replace(curves, epochs=debye.epochs) == debye and curves.epochs >= debye.epochs
+
+
+def test_one_encoder_per_profile_everywhere():
+    """The fine-tuning steps of a profile start from the encoder that profile's pre-training exports
+    (params/<profile>.yaml), and no other module holds a second opinion."""
+    for profile in ("laptop", "paper"):
+        exported = runner.profile_parameters(profile, ROOT)["02_pretrain"]["export_model"]
+        assert config.PRESETS["finetune"][profile].encoder == f"models/{exported}"
+        assert config.PRESETS["debye"][profile].encoder == f"models/{exported}"
+    for path in (ROOT / "cloudlib").glob("*.py"):
+        src = path.read_text()
+        for word in ("ENCODERS", "SWEEPS", "PROFILES"):
+            defined = f"\n{word} =" in src or f"\n{word}: " in src
+            assert not defined or (path.name, word) == ("paths.py", "PROFILES"), (path.name, word)
+
+
+def test_notebooks_pick_presets_that_exist():
+    for profile in ("smoke", "laptop", "paper"):
+        overrides = runner.profile_parameters(profile, ROOT)
+        for nb in runner.notebooks(ROOT):
+            params = {**runner.notebook_parameters(nb), **(overrides.get(nb.stem) or {})}
+            for key, step in (("preset", None), ("finetune_preset", "finetune")):
+                if key in params:
+                    step = step or {"02": "pretrain", "03": "finetune", "04": "sweep", "05": "debye"}[nb.stem[:2]]
+                    assert params[key] in config.PRESETS[step], (profile, nb.name, key)
+
+
+def test_cli_prints_presets():
+    r = subprocess.run(
+        [sys.executable, "-m", "cloudlib", "config", "finetune", "laptop"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"finetune": {"laptop": config.PRESETS["finetune"]["laptop"].to_dict()}}
