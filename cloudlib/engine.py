@@ -106,11 +106,13 @@ def torch_threads(threads: int | None, d: Dist | None = None):
     old = torch.get_num_threads()
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", d.world if d else 1))
     n = threads or (max(1, (os.cpu_count() or 1) // local_world) if local_world > 1 else old)
-    torch.set_num_threads(n)
+    if n != old:
+        torch.set_num_threads(n)
     try:
         yield n
     finally:
-        torch.set_num_threads(old)
+        if n != old:
+            torch.set_num_threads(old)
 
 
 def autocast(device: torch.device):
