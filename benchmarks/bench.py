@@ -28,16 +28,18 @@ gradient clipping at 1.0:
   tokenized on its own, padded to 64, masked by ``DataCollatorForLanguageModeling``, loss from
   ``BertForMaskedLM(input_ids, attention_mask, labels)`` (full-vocabulary head on all 64 positions), a plain
   backward / clip / step loop;
-* **cloudlib** — the training engine's own step (:class:`cloudlib.engine.Stepper` on
+* **cloudlib fp32** / **cloudlib bf16** — the training engine's own step (:class:`cloudlib.engine.Stepper` on
   :class:`cloudlib.pretrain.MLMObjective`): ids encoded once, length-bucketed batches trimmed to their longest
-  row, step-seeded masks, the MLM head on masked positions only.
+  row, step-seeded masks, the MLM head on masked positions only; in fp32 and under bf16 autocast (bf16
+  runs where it is native: CUDA, CPUs with AVX512-BF16 / AMX).
 
 Both setups take the same batches of strings (grouping does not change the authors' cost: every row is 64).
 A step's clock covers batch preparation and forward + backward + clip + AdamW + schedule (in the main process,
 as with ``dataloader_num_workers=0``); the authors' batch preparation is also reported alone. Throughput counts
 **real (non-pad) tokens only**. MFU = real tokens/s x ``flops_per_token(cfg, N, mean real length)`` / a peak
-measured in the same run (``torch.mm`` on square matrices, same thread count): fp32 on CPU (training runs in
-fp32 there), bf16 on CUDA (training runs under bf16 autocast there).
+measured in the same run (``torch.mm`` on square matrices, same thread count), against the bf16 peak (the
+hardware's best) and, for the fp32 setups, also against the fp32 peak. The authors' setup runs in fp32 on CPU
+(their code has no CPU autocast) and under bf16 autocast on CUDA.
 """
 
 from __future__ import annotations
@@ -245,6 +247,7 @@ def bench_pretrain(
     peak_sizes: tuple[int, ...] | None = None,
     peak_reps: int = 2,
     seed: int = 0,
+    precisions: tuple[str, ...] | None = None,
 ) -> dict:
     """Training tokens/s (real tokens), ratio and MFU of the authors' MLM pipeline and cloudlib's, one run.
 
@@ -252,7 +255,8 @@ def bench_pretrain(
     ``cloud/pretrain_cloud_10k.csv``; ``authors_attn`` is the authors' model's attention ("sdpa", the
     transformers 5 default and cloudlib's, or "eager"); ``peak_sizes`` are the matmul sizes of the peak
     (default 2048 and 4096 on CPU, 4096 and 8192 on CUDA). Each repeat runs ``warmup`` untimed then ``steps``
-    timed steps of each setup and the peak matmuls, interleaved; the best repeat counts.
+    timed steps of each setup and the peak matmuls, interleaved; the best repeat counts. ``precisions`` are the
+    cloudlib setups (default: fp32, plus bf16 where the hardware has bf16 units).
     """
     import math
 
@@ -274,7 +278,9 @@ def bench_pretrain(
         raise ValueError("need steps >= 1, repeats >= 1, warmup >= 0")
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    peak_dtype = torch.bfloat16 if cuda else torch.float32
+    bf16_native = torch.cuda.is_bf16_supported() if cuda else engine.cpu_has_bf16()
+    precisions = tuple(precisions or (("fp32", "bf16") if bf16_native else ("fp32",)))
+    authors_precision = "bf16" if cuda else "fp32"
     peak_sizes = tuple(peak_sizes or ((4096, 8192) if cuda else (2048, 4096)))
 
     tok = make_tokenizer()
@@ -295,18 +301,23 @@ def bench_pretrain(
         torch.manual_seed(seed)
         return BertForMaskedLM(config).to(device).train()
 
-    authors_mlm, cloud_mlm = build(authors_attn), build("sdpa")
-    same_init = all(a.equal(b) for a, b in zip(authors_mlm.state_dict().values(), cloud_mlm.state_dict().values()))
+    authors_mlm = build(authors_attn)
     d = engine.Dist(device=device)
 
     def optimizer(module):
         opt = engine.make_optimizer(engine.param_groups([(module, cfg.lr)], cfg.weight_decay), device)
         return opt, engine.make_scheduler(opt, cfg, cfg.max_steps)
 
-    net = MaskedLMLoss(cloud_mlm).train()
-    objective = MLMObjective(data, data.rows([]), tok, cfg, device)
-    opt_c, sched_c = optimizer(net)
-    cloud_step = engine.Stepper(net, net, objective, opt_c, sched_c, cfg, d)
+    cloud_steps, same_init = {}, True
+    for prec in precisions:
+        cloud_mlm = build("sdpa")
+        same_init &= all(a.equal(b) for a, b in zip(authors_mlm.state_dict().values(), cloud_mlm.state_dict().values()))
+        pcfg = cfg.replace(precision=prec)
+        net = MaskedLMLoss(cloud_mlm).train()
+        objective = MLMObjective(data, data.rows([]), tok, pcfg, device)
+        opt_c, sched_c = optimizer(net)
+        cloud_steps[prec] = engine.Stepper(net, net, objective, opt_c, sched_c, pcfg, d)
+    n_non_emb = cloud_model.n_params(cloud_mlm)
     opt_a, sched_a = optimizer(authors_mlm)
     collator = DataCollatorForLanguageModeling(
         tokenizer=tok, mlm=True, mlm_probability=cfg.mlm_probability, return_tensors="pt"
@@ -318,12 +329,17 @@ def bench_pretrain(
         torch.manual_seed(seed)
         probe = {k: v.to(device) for k, v in pretrain_batch(tok, collator, strings, batches[0]).items()}
         width = int(probe["attention_mask"].sum(1).max())
-        with engine.autocast(device):
+        with engine.autocast(device, authors_precision):
             hf_loss = float(authors_mlm(**probe).loss)
             ours, _, _ = MaskedLMLoss(authors_mlm)(
                 *(probe[k][:, :width] for k in ("input_ids", "attention_mask", "labels"))
             )
         loss_diff = abs(hf_loss - float(ours))
+        args = [probe[k][:, :width] for k in ("input_ids", "attention_mask", "labels")]
+        parity = {}  # the same weights and masked batch (no dropout) in each cloudlib precision
+        for prec in precisions:
+            with engine.autocast(device, prec):
+                parity[prec] = float(MaskedLMLoss(authors_mlm)(*args)[0])
         authors_mlm.train()
 
     def authors_step(step: int, index):
@@ -331,7 +347,7 @@ def bench_pretrain(
         t0 = time.perf_counter()
         batch = {k: v.to(device) for k, v in pretrain_batch(tok, collator, strings, index).items()}
         prep = time.perf_counter() - t0
-        with engine.autocast(device):
+        with engine.autocast(device, authors_precision):
             loss = authors_mlm(**batch).loss
         opt_a.zero_grad(set_to_none=True)
         loss.backward()
@@ -341,12 +357,15 @@ def bench_pretrain(
         engine.synchronize(device)
         return prep, int(batch["attention_mask"].sum()), batch["input_ids"].numel(), float(loss.detach())
 
-    def cloudlib_step(step: int, index):
-        loss, stats = cloud_step(step, index)
-        engine.synchronize(device)
-        return 0.0, stats["tokens"], int(data.lengths[index].max()) * len(index), float(loss.detach())
+    def cloudlib_step(prec: str):
+        def step_fn(step: int, index):
+            loss, stats = cloud_steps[prec](step, index)
+            engine.synchronize(device)
+            return 0.0, stats["tokens"], int(data.lengths[index].max()) * len(index), float(loss.detach())
 
-    setups = {"authors": authors_step, "cloudlib": cloudlib_step}
+        return step_fn
+
+    setups = {"authors": authors_step, **{f"cloudlib {p}": cloudlib_step(p) for p in precisions}}
     total = {k: [] for k in setups}  # seconds of the timed steps, per repeat
     stats: dict[str, dict] = {}
     peak: dict[int, float] = {}
@@ -365,25 +384,35 @@ def bench_pretrain(
                 losses.append(loss)
             total[name].append(time.perf_counter() - t_start)
             stats[name] = {"real": real, "padded": padded, "loss": sum(losses) / len(losses), "prep_s": prep}
-        for n, f in _matmul_flops(peak_dtype, peak_sizes, peak_reps, device).items():
+        for n, f in _matmul_flops(torch.float32, peak_sizes, peak_reps, device).items():
             peak[n] = max(peak.get(n, 0.0), f)
-        if not cuda:  # bf16 for information: the CPU may have AVX512_BF16, but training runs in fp32
-            for n, f in _matmul_flops(torch.bfloat16, peak_sizes[:1], peak_reps, device).items():
-                peak_bf16[n] = max(peak_bf16.get(n, 0.0), f)
+        for n, f in _matmul_flops(torch.bfloat16, peak_sizes, peak_reps, device).items():
+            peak_bf16[n] = max(peak_bf16.get(n, 0.0), f)
 
-    real = stats["cloudlib"]["real"]
+    first = f"cloudlib {precisions[0]}"
+    real = stats[first]["real"]
     mean_len = real / (steps * batch_size)
-    n_non_emb = cloud_model.n_params(cloud_mlm)
     flops_real = cloud_model.flops_per_token(size, n_non_emb, mean_len)
     # what the authors' setup executes per (padded) position: 64-token attention + the full-vocabulary decoder
     flops_padded = cloud_model.flops_per_token(size, n_non_emb, size.block_size) + 6.0 * size.n_embd * len(tok)
-    peak_best = max(peak.values())
+    peak_fp32, peak_bf = max(peak.values()), max(peak_bf16.values())
     rate = {k: real / min(v) for k, v in total.items()}
-    peak_name = "bf16" if cuda else "fp32"
+    ratios = {f"{k} / authors": round(rate[k] / rate["authors"], 3) for k in rate if k != "authors"}
+    if "cloudlib bf16" in rate and "cloudlib fp32" in rate:
+        ratios["cloudlib bf16 / cloudlib fp32"] = round(rate["cloudlib bf16"] / rate["cloudlib fp32"], 3)
+    mfu = {f"{k} (vs bf16 peak)": round(v * flops_real / peak_bf, 4) for k, v in rate.items()}
+    mfu.update({f"{k} (vs fp32 peak)": round(rate[k] * flops_real / peak_fp32, 4) for k in rate if "bf16" not in k})
+    mfu["authors HFU on padded positions (vs bf16 peak)"] = round(
+        rate["authors"] / real * stats["authors"]["padded"] * flops_padded / peak_bf, 4
+    )
     result = {
         "model": model,
         "device": f"cuda ({torch.cuda.get_device_name(device)})" if cuda else f"cpu, {torch.get_num_threads()} threads",
-        "precision": "bf16 autocast" if cuda else "fp32",
+        "precision": {
+            "authors": authors_precision,
+            "cloudlib": list(precisions),
+            "auto resolves to": engine.resolve_precision("auto", device),
+        },
         "batch_size": batch_size,
         "timed_steps": steps,
         "warmup_steps": warmup,
@@ -395,34 +424,29 @@ def bench_pretrain(
         "encode_once_s (cloudlib, not in step clock)": round(encode_s, 3),
         "mean_real_seq_len": round(mean_len, 2),
         "tokens_per_batch": {
-            "real (both)": real / steps,
+            "real (all)": real / steps,
             "authors padded": stats["authors"]["padded"] / steps,
-            "cloudlib padded (dynamic)": stats["cloudlib"]["padded"] / steps,
+            "cloudlib padded (dynamic)": stats[first]["padded"] / steps,
         },
         "real_tokens_per_s": {k: round(v, 1) for k, v in rate.items()},
         "ms_per_step": {
             **{f"{k} total": round(1e3 * min(v) / steps, 2) for k, v in total.items()},
             "authors batch preparation": round(1e3 * stats["authors"]["prep_s"] / steps, 2),
         },
-        "ratios": {"cloudlib / authors": round(rate["cloudlib"] / rate["authors"], 3)},
+        "ratios": ratios,
         "flops_per_real_token": round(flops_real),
         "flops_per_padded_position_authors": round(flops_padded),
         "peak_tflops": {
-            **{f"{peak_name} mm {n}": round(f / 1e12, 4) for n, f in peak.items()},
-            **{f"bf16 mm {n} (info)": round(f / 1e12, 4) for n, f in peak_bf16.items()},
+            **{f"fp32 mm {n}": round(f / 1e12, 4) for n, f in peak.items()},
+            **{f"bf16 mm {n}": round(f / 1e12, 4) for n, f in peak_bf16.items()},
         },
-        "mfu": {
-            "authors": round(rate["authors"] * flops_real / peak_best, 4),
-            "cloudlib": round(rate["cloudlib"] * flops_real / peak_best, 4),
-            "authors HFU on padded positions": round(
-                rate["authors"] / real * stats["authors"]["padded"] * flops_padded / peak_best, 4
-            ),
-        },
-        "mfu_peak": f"{peak_name} torch.mm, best of sizes {list(peak_sizes)}",
+        "mfu": mfu,
+        "mfu_peak": f"torch.mm, best of sizes {list(peak_sizes)}",
         "train_loss_last_repeat": {k: round(v["loss"], 4) for k, v in stats.items()},
-        "same_real_tokens": stats["authors"]["real"] == stats["cloudlib"]["real"],
+        "same_real_tokens": len({v["real"] for v in stats.values()}) == 1,
         "same_initial_weights": bool(same_init),
         "loss_agreement_abs": loss_diff,
+        "fixed_batch_loss_by_precision": {k: round(v, 5) for k, v in parity.items()},
     }
     tolerance = (2e-2 if cuda else 1e-3) * max(1.0, abs(hf_loss))  # bf16 autocast: shapes change the rounding
     result["ok"] = bool(
@@ -457,6 +481,13 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="pretrain: untimed steps before each repeat")
     p.add_argument("--authors-attn", choices=["sdpa", "eager"], default="sdpa", help="pretrain: authors' attention")
     p.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=["fp32", "bf16"],
+        default=None,
+        help="pretrain: cloudlib setups (default fp32, plus bf16 where the hardware has it)",
+    )
+    p.add_argument(
         "--peak-sizes",
         type=int,
         nargs="+",
@@ -481,6 +512,7 @@ def main(argv=None) -> int:
             args.warmup,
             authors_attn=args.authors_attn,
             peak_sizes=args.peak_sizes,
+            precisions=tuple(args.precisions) if args.precisions else None,
         )
         _print(
             f"MLM pre-training, {args.model}, batch {args.batch_size} (real tokens/s, same strings, one run)",
@@ -497,7 +529,7 @@ def main(argv=None) -> int:
     results["tokenizer"] = bench_tokenizer(args.n if args.what == "tokenizer" and args.n else 10000, args.repeats)
     _print("Tokenizer (strings/s to padded id tensors)", results["tokenizer"])
     if args.json:
-        from .io import write_json
+        from cloudlib.io import write_json
 
         write_json(args.json, results)
     ok = results.get("scope", {}).get("identical_output", True) and results["tokenizer"]["identical_ids_authors_vocab"]

@@ -70,7 +70,7 @@ class Fitted:
         device = next(self.model.parameters()).device
         self.model.eval()
         return engine.batched_outputs(
-            fn or self.model, engine.encode(self.tokenizer, list(strings)), batch_size, device
+            fn or self.model, engine.encode(self.tokenizer, list(strings)), batch_size, device, self.config.precision
         )
 
     def _need_debye(self) -> None:

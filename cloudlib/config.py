@@ -32,6 +32,7 @@ from typing import Any
 from .errors import ConfigError
 
 TASKS = ("regression", "classification")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 class _Config:
@@ -72,8 +73,11 @@ class TrainConfig(_Config):
     ckpt_every: int | None = None  # steps between checkpoints when a checkpoint folder is given (None: each eval)
     patience: int | None = None  # evaluations without improvement before stopping (None: never stop early)
     threads: int | None = None  # torch CPU threads per process (None: all cores / local ranks)
+    precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU (engine.resolve_precision); "bf16"; "fp32"
 
     def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}", "precision")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}", "val_fraction")
         if self.batch_size < 1:
@@ -105,6 +109,8 @@ class FinetuneConfig(TrainConfig):
     batch_size: int = 32
     lr: float = 1e-4  # encoder
     head_lr: float | None = 1e-3  # the MLP head (None: same as lr)
+    layer_decay: float | None = None  # layer-wise lr decay (the authors' utils/LLRD.py): of L encoder layers,
+    # layer i trains at lr * layer_decay**(L-1-i) and the embeddings at lr * layer_decay**L; None: lr for all
     weight_decay: float = 0.01
     dropout: float = 0.1  # before the head (the encoder keeps its own config's dropout)
     val_fraction: float = 0.1
@@ -115,6 +121,8 @@ class FinetuneConfig(TrainConfig):
         super().__post_init__()
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}", "task")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"layer_decay must be in (0, 1] or None, got {self.layer_decay}", "layer_decay")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from . import engine
 from .config import FinetuneConfig
-from .errors import InvalidTargetError
+from .errors import InvalidTargetError, ModelError
 from .model import CloudPredictor, build_encoder
 from .splits import seeded_split
 
@@ -98,11 +98,13 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(y, p))
 
 
-def raw_outputs(model: torch.nn.Module, data: engine.Encoded, batch_size: int, device) -> np.ndarray:
+def raw_outputs(
+    model: torch.nn.Module, data: engine.Encoded, batch_size: int, device, precision: str = "auto"
+) -> np.ndarray:
     """Model outputs for every row of ``data`` in row order, as float64 (eval mode restored after)."""
     was = model.training
     model.eval()
-    out = engine.batched_outputs(model, data, batch_size, device).float()
+    out = engine.batched_outputs(model, data, batch_size, device, precision).float()
     model.train(was)
     return out.numpy().astype(np.float64)
 
@@ -124,9 +126,11 @@ class PropertyObjective(engine.Objective):
         std: float,
         eval_batch_size: int,
         device,
+        precision: str = "auto",
     ):
         self.train, self.y_train, self.val, self.y_val = train, y_train, val, y_val
         self.task, self.mean, self.std, self.batch, self.device = task, mean, std, eval_batch_size, device
+        self.precision = precision
         self.lengths = train.lengths
         self.monitor = "val_mae" if task == "regression" else "val_auc"
         self.maximize = task == "classification"
@@ -144,7 +148,7 @@ class PropertyObjective(engine.Objective):
     def evaluate(self, model):
         if not len(self.val):
             return {}
-        raw = raw_outputs(model, self.val, self.batch, self.device)
+        raw = raw_outputs(model, self.val, self.batch, self.device, self.precision)
         y = self.y_val
         if self.task == "regression":
             return {
@@ -164,8 +168,22 @@ class PropertyObjective(engine.Objective):
 
 
 def head_modules(model, cfg: FinetuneConfig) -> list:
-    """(module, learning rate) pairs: the encoder at ``cfg.lr``, the head at ``cfg.head_lr``."""
-    return [(model.encoder, cfg.lr), (model.head, cfg.head_lr if cfg.head_lr is not None else cfg.lr)]
+    """(module, learning rate) pairs: the head at ``cfg.head_lr``; the encoder at ``cfg.lr``, or with
+    ``cfg.layer_decay`` layer by layer (the top layer at ``lr``, each one below it ``layer_decay`` times
+    slower, the embeddings slowest)."""
+    head = (model.head, cfg.head_lr if cfg.head_lr is not None else cfg.lr)
+    if cfg.layer_decay is None:
+        return [(model.encoder, cfg.lr), head]
+    encoder = model.encoder
+    layers = list(encoder.encoder.layer)
+    n = len(layers)
+    pairs = [(layer, cfg.lr * cfg.layer_decay ** (n - 1 - i)) for i, layer in enumerate(layers)]
+    pairs.append((encoder.embeddings, cfg.lr * cfg.layer_decay**n))
+    covered = {id(p) for m, _ in pairs for p in m.parameters()}
+    rest = [name for name, p in encoder.named_parameters() if id(p) not in covered]
+    if rest:
+        raise ModelError(f"layer_decay: encoder parameters outside its layers and embeddings: {rest[:3]}", "encoder")
+    return pairs + [head]
 
 
 def train_head(
@@ -250,6 +268,7 @@ def fit(
             std,
             cfg.eval_batch_size,
             d.device,
+            cfg.precision,
         )
         objective.name = f"fine-tune {cfg.task}"
         result = train_head(model, objective, cfg, checkpoint_dir, resume, progress, d)
@@ -283,7 +302,7 @@ def predict_strings(result: FitResult, strings: Sequence[str], batch_size: int =
         return np.zeros(0)
     model = result.model
     device = next(model.parameters()).device
-    raw = raw_outputs(model, engine.encode(result.tokenizer, strings), batch_size, device)
+    raw = raw_outputs(model, engine.encode(result.tokenizer, strings), batch_size, device, result.config.precision)
     if result.task == "classification":
         return 1.0 / (1.0 + np.exp(-raw))
     return raw * result.std + result.mean

@@ -238,6 +238,13 @@ def build_encoder(encoder: str, pretrained: bool = True, seed: int = 0):
 # --------------------------------------------------------------------------- heads
 
 
+def fp32(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``head(x)`` in float32 with autocast off: under bf16 autocast the encoder runs in bf16, but a head's
+    output (a standardised property, a Debye temperature) keeps float32 resolution."""
+    with torch.autocast(x.device.type, enabled=False):
+        return head(x.float())
+
+
 class CloudPredictor(nn.Module):
     """BERT encoder ([CLS] state) -> dropout -> Linear(H, H) -> SiLU -> Linear(H, 1).
 
@@ -257,7 +264,7 @@ class CloudPredictor(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
-        return self.head(hidden).squeeze(-1).float()
+        return fp32(self.head, hidden).squeeze(-1)
 
 
 THETA_MAPS = ("log", "paper")
@@ -330,5 +337,5 @@ class CurveRegressor(nn.Module):
         cls = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
         f = self.t_features(T.to(cls.device))
         b, k = cls.shape[0], f.shape[0]
-        z = torch.cat([cls[:, None, :].expand(b, k, -1), f[None].expand(b, k, -1).to(cls.dtype)], dim=-1)
-        return self.head(z).squeeze(-1).float()
+        z = torch.cat([cls[:, None, :].expand(b, k, -1).float(), f[None].expand(b, k, -1).float()], dim=-1)
+        return fp32(self.head, z).squeeze(-1)

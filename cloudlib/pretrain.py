@@ -92,6 +92,7 @@ def evaluate(
     batch_size: int,
     device,
     max_strings: int | None = None,
+    precision: str = "auto",
 ) -> dict:
     """Validation loss and masked-token accuracy with fixed masks (the same at every evaluation)."""
     was_training = loss_model.training
@@ -103,7 +104,7 @@ def evaluate(
     for idx in order.split(batch_size):
         ids, mask = data.batch(idx)
         inputs, labels = mask_tokens(ids, mask, tokenizer, p, g)
-        with engine.autocast(device):
+        with engine.autocast(device, precision):
             loss, correct, count = loss_model(inputs.to(device), mask.to(device), labels.to(device))
         total_loss += float(loss) * count
         total_correct += int(correct)
@@ -144,6 +145,7 @@ class MLMObjective(engine.Objective):
             self.cfg.batch_size * 2,
             self.device,
             self.cfg.eval_max_strings,
+            self.cfg.precision,
         )
 
     def digest(self):

@@ -141,3 +141,68 @@ def test_batched_outputs_keep_row_order():
     data = engine.Encoded(torch.arange(40).reshape(10, 4), torch.tensor([4, 1, 3, 2, 4, 1, 2, 3, 4, 1]))
     out = engine.batched_outputs(lambda ids, mask: ids[:, 0].double() + mask.sum(1), data, 3, torch.device("cpu"))
     np.testing.assert_array_equal(out.numpy(), data.ids[:, 0].numpy() + data.lengths.numpy())
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def test_precision_resolves_to_bf16_only_where_the_hardware_has_it(monkeypatch):
+    cpu = torch.device("cpu")
+    assert engine.resolve_precision("fp32", cpu) == "fp32" and engine.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(engine, "CPU_AUTO_BF16", True)
+    assert engine.resolve_precision("auto", cpu) == ("bf16" if engine.cpu_has_bf16() else "fp32")
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: False)
+    assert engine.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(engine, "CPU_AUTO_BF16", False)
+    assert engine.resolve_precision("auto", cpu) == "fp32"
+    with pytest.raises(ConfigError, match="precision"):
+        engine.resolve_precision("fp16", cpu)
+    with pytest.raises(ConfigError, match="precision"):
+        TrainConfig(precision="half")
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    with engine.autocast(cpu, "bf16"):
+        assert (a @ b).dtype == torch.bfloat16
+    with engine.autocast(cpu, "fp32"):
+        assert (a @ b).dtype == torch.float32
+
+
+def test_heads_stay_float32_under_bf16_autocast():
+    """The encoder's matrix products run in bf16; the head runs in fp32 on the [CLS] state, so its outputs are
+    not rounded to bf16's 8 bits (the head alone under autocast would give bf16)."""
+    from cloudlib.model import CloudPredictor, build_encoder
+
+    encoder, tok = build_encoder("tiny", pretrained=False, seed=0)
+    model = CloudPredictor(encoder).eval()
+    data = engine.encode(tok, [load_paper_dielectric_scope()["scope"].iloc[i] for i in range(16)])
+    ids, mask = data.batch(torch.arange(16))
+    with torch.no_grad(), engine.autocast(torch.device("cpu"), "bf16"):
+        out = model(ids, mask)
+        hidden = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
+        assert model.head(hidden).dtype == torch.bfloat16  # what the protection prevents
+    with torch.no_grad():
+        expected = model.head(hidden.float()).squeeze(-1)
+        plain = model(ids, mask)  # fp32 throughout
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert not torch.equal(out, plain)  # the encoder did run in bf16
+    torch.testing.assert_close(out, plain, rtol=0.05, atol=0.05)
+
+
+def test_layer_decay_groups_cover_the_encoder_once():
+    from cloudlib.finetune import head_modules
+    from cloudlib.model import CloudPredictor, build_encoder
+
+    encoder, _ = build_encoder("mini", pretrained=False, seed=0)
+    model = CloudPredictor(encoder)
+    cfg = FinetuneConfig(lr=1e-4, head_lr=1e-3, layer_decay=0.5)
+    pairs = head_modules(model, cfg)
+    n = encoder.config.num_hidden_layers
+    assert [lr for _, lr in pairs] == pytest.approx(
+        [1e-4 * 0.5 ** (n - 1 - i) for i in range(n)] + [1e-4 * 0.5**n, 1e-3]
+    )
+    ids = [id(p) for m, _ in pairs for p in m.parameters()]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    assert len(head_modules(model, cfg.replace(layer_decay=None))) == 2
+    with pytest.raises(ConfigError, match="layer_decay"):
+        FinetuneConfig(layer_decay=1.5)
