@@ -24,12 +24,18 @@ def test_pretrain_bench_structure(scope_strings):
     )
     assert r["ok"] and r["same_real_tokens"] and r["same_initial_weights"]
     assert r["loss_agreement_abs"] < 1e-4  # HF labels loss == MaskedLMLoss on the same masked batch
-    assert set(r["real_tokens_per_s"]) == {"authors", "cloudlib"}
+    from cloudlib.engine import cpu_has_bf16
+
+    precisions = ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
+    assert r["precision"]["cloudlib"] == precisions and r["precision"]["authors"] == "fp32"
+    assert set(r["real_tokens_per_s"]) == {"authors", *(f"cloudlib {p}" for p in precisions)}
+    parity = r["fixed_batch_loss_by_precision"]  # the same weights and masked batch in each precision
+    assert set(parity) == set(precisions) and all(abs(v - parity["fp32"]) < 0.02 * parity["fp32"] for v in parity.values())
     assert all(v > 0 for v in r["real_tokens_per_s"].values())
     tokens = r["tokens_per_batch"]
     assert tokens["authors padded"] == BATCH * 64  # every example padded to max_length=64
-    assert 0 < tokens["real (both)"] <= tokens["cloudlib padded (dynamic)"] < tokens["authors padded"]
-    assert r["mean_real_seq_len"] == pytest.approx(tokens["real (both)"] / BATCH, abs=0.01)
+    assert 0 < tokens["real (all)"] <= tokens["cloudlib padded (dynamic)"] < tokens["authors padded"]
+    assert r["mean_real_seq_len"] == pytest.approx(tokens["real (all)"] / BATCH, abs=0.01)
     assert all(0 < v <= 1 for v in r["mfu"].values()), r["mfu"]
     assert all(v > 0 for v in r["peak_tflops"].values())
     assert all(v > 0 for v in r["ratios"].values())
