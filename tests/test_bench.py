@@ -30,7 +30,9 @@ def test_pretrain_bench_structure(scope_strings):
     assert r["precision"]["cloudlib"] == precisions and r["precision"]["authors"] == "fp32"
     assert set(r["real_tokens_per_s"]) == {"authors", *(f"cloudlib {p}" for p in precisions)}
     parity = r["fixed_batch_loss_by_precision"]  # the same weights and masked batch in each precision
-    assert set(parity) == set(precisions) and all(abs(v - parity["fp32"]) < 0.02 * parity["fp32"] for v in parity.values())
+    assert set(parity) == set(precisions) and all(
+        abs(v - parity["fp32"]) < 0.02 * parity["fp32"] for v in parity.values()
+    )
     assert all(v > 0 for v in r["real_tokens_per_s"].values())
     tokens = r["tokens_per_batch"]
     assert tokens["authors padded"] == BATCH * 64  # every example padded to max_length=64
