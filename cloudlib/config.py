@@ -35,6 +35,13 @@ TASKS = ("regression", "classification")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else :class:`ConfigError` naming it."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}", "precision")
+    return precision
+
+
 class _Config:
     """Shared behaviour of the config dataclasses."""
 
@@ -76,8 +83,7 @@ class TrainConfig(_Config):
     precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU (engine.resolve_precision); "bf16"; "fp32"
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}", "precision")
+        check_precision(self.precision)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}", "val_fraction")
         if self.batch_size < 1:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -42,7 +43,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .config import PRECISIONS, TrainConfig
+from .config import TrainConfig, check_precision
 from .errors import ConfigError
 from .io import atomic_path
 
@@ -116,9 +117,11 @@ def torch_threads(threads: int | None, d: Dist | None = None):
             torch.set_num_threads(old)
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (x86 AVX512-BF16 or AMX-BF16; read from ``/proc/cpuinfo``).
-    Elsewhere (other CPUs, other systems) bf16 is emulated and slower than fp32, so "auto" keeps fp32."""
+    """Whether this CPU multiplies bf16 natively (x86 AVX512-BF16 or AMX-BF16; read from ``/proc/cpuinfo`` once
+    per process: :func:`autocast` asks at every step). Elsewhere (other CPUs, other systems) bf16 is emulated and
+    slower than fp32, so "auto" keeps fp32."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -138,9 +141,7 @@ CPU_AUTO_BF16 = False
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``"bf16"`` or ``"fp32"`` for a config's ``precision`` on ``device``. ``"auto"``: bf16 on CUDA with bf16
     support; on a CPU, bf16 when it has bf16 units and :data:`CPU_AUTO_BF16` is set, else fp32."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}", "precision")
-    if precision != "auto":
+    if check_precision(precision) != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
