@@ -401,7 +401,14 @@ def bench_pretrain(
     if "cloudlib bf16" in rate and "cloudlib fp32" in rate:
         ratios["cloudlib bf16 / cloudlib fp32"] = round(rate["cloudlib bf16"] / rate["cloudlib fp32"], 3)
     mfu = {f"{k} (vs bf16 peak)": round(v * flops_real / peak_bf, 4) for k, v in rate.items()}
-    mfu.update({f"{k} (vs fp32 peak)": round(rate[k] * flops_real / peak_fp32, 4) for k in rate if "bf16" not in k})
+    setup_precision = {"authors": authors_precision, **{f"cloudlib {p}": p for p in precisions}}
+    mfu.update(
+        {
+            f"{k} (vs fp32 peak)": round(v * flops_real / peak_fp32, 4)
+            for k, v in rate.items()
+            if setup_precision[k] == "fp32"
+        }
+    )
     mfu["authors HFU on padded positions (vs bf16 peak)"] = round(
         rate["authors"] / real * stats["authors"]["padded"] * flops_padded / peak_bf, 4
     )
