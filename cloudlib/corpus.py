@@ -1,24 +1,31 @@
 """The offline pre-training corpus: every real crystal reachable without the internet, as deduplicated SCOPE.
 
 * :func:`corpus_sources` -- name -> loader of each source (the authors' 10 k sample of their OPTIMADE corpus,
-  matbench_dielectric, three matminer 0.3.9 datasets, pymatgen's AFLOW prototypes, CDVAE's perov_5, two matcalc
-  benchmark sets);
+  matbench_dielectric, four matminer 0.3.9 datasets, pymatgen's AFLOW prototypes, CDVAE's perov_5 and all 18,928
+  Castelli perovskites, two matcalc benchmark sets, carbon_24, the JARVIS superconductors, 508 matbench_jdft2d
+  entries, 3DSC's 4,704 Materials Project CIFs, CoRE MOF 2019);
 * :func:`build_corpus` / :func:`load_pretraining_corpus` -- SCOPE for every crystal, failures kept, deduplicated
-  with provenance and a per-source count table, cached under ``data/derived``.
+  with provenance and a per-source count table, cached under ``data/derived``. Strings longer than the
+  model's block size (:data:`BLOCK_TOKENS`) are counted and left out. ``holdout`` removes every string a
+  source produced (e.g. ``matbench_dielectric``: no MatBench test crystal's string is pre-trained on).
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 
-from . import paths
+from . import offline_data, paths
 from .errors import DataError
 from .matbench_data import load_matbench
 from .registry import fetch
+
+#: SCOPE tokens a corpus string may have: the model's 64 positions less [CLS] and [SEP].
+BLOCK_TOKENS = 62
 
 
 def _read_csv_text(name: str) -> pd.DataFrame:
@@ -39,6 +46,27 @@ def corpus_sources() -> dict[str, callable]:
     def flla():
         df = _read_csv_text("pypi/matminer-0.3.9/flla_2015.csv")
         return {f"flla:{m}": DictText(s) for m, s in zip(df.material_id, df.structure)}
+
+    def piezo():
+        return {
+            f"piezoelectric_tensor:{m}": s for m, s in offline_data.matminer_structures("piezoelectric_tensor").items()
+        }
+
+    def jarvis(file, prefix):
+        def load():
+            splits = offline_data.jarvis_structures(f"jarvis_leaderboard/{file}")
+            return {f"{prefix}:{k}": v for rows in splits.values() for k, v in rows.items()}
+
+        return load
+
+    def jdft2d():
+        return offline_data.load_jdft2d_partial()["structure"].to_dict()
+
+    def dsc3():
+        return {f"3dsc:{k}": v for k, v in offline_data.dsc3_mp_cifs().items()}
+
+    def core_mof():
+        return {f"core_mof:{k}": v for k, v in offline_data.core_mof_cifs().items()}
 
     def matminer_cif(file):
         def load():
@@ -82,12 +110,24 @@ def corpus_sources() -> dict[str, callable]:
         "cdvae_perov_5": perov,
         "matcalc_mp_elasticity": matcalc("mp-binary-pbe-elasticity-2025.1.json.gz", "mp_id"),
         "matcalc_wbm": matcalc("wbm-random-pbe52-equilibrium-2025.1.json.gz", "material_id"),
+        "matminer_piezoelectric_tensor": piezo,
+        "jarvis_castelli_perovskites": jarvis("atomgen_perov5_heat_ref.json.zip", "castelli"),
+        "jarvis_carbon_24": jarvis("atomgen_carbon24_energy_per_atom.json.zip", "carbon_24"),
+        "jarvis_supercon": jarvis("atomgen_dft_3d_Tc_supercon.json.zip", "supercon"),
+        "matbench_jdft2d_partial": jdft2d,
+        "3dsc_mp": dsc3,
+        "core_mof_2019": core_mof,
     }
 
 
 STRING_SOURCES = {"cloud_10k"}
 #: Part of the corpus cache's file name: bump it whenever a loader or SCOPE itself changes output.
-CORPUS_VERSION = 2
+CORPUS_VERSION = 3
+
+
+def n_tokens(scope: str) -> int:
+    """SCOPE tokens in a string (the tokenizer's words: one per whitespace-separated item)."""
+    return len(scope.split())
 
 
 def build_corpus(
@@ -116,7 +156,15 @@ def build_corpus(
             items = loaders[name]()
         except DataError as exc:
             table.append(
-                {"source": name, "structures": 0, "ok": 0, "unique": 0, "new unique": 0, "note": f"unavailable: {exc}"}
+                {
+                    "source": name,
+                    "structures": 0,
+                    "ok": 0,
+                    "unique": 0,
+                    "too long": 0,
+                    "new unique": 0,
+                    "note": f"unavailable: {exc}",
+                }
             )
             continue
         if limit is not None:
@@ -129,21 +177,85 @@ def build_corpus(
         frames.append(df)
         ok = df["scope"].dropna()
         uniq = set(ok)
+        fits = {u for u in uniq if n_tokens(u) <= BLOCK_TOKENS}
         table.append(
             {
                 "source": name,
                 "structures": len(df),
                 "ok": len(ok),
                 "unique": len(uniq),
-                "new unique": len(uniq - seen),
+                "too long": len(uniq) - len(fits),
+                "new unique": len(fits - seen),
                 "note": "",
             }
         )
-        seen |= uniq
+        seen |= fits
     rows = pd.concat(frames) if frames else pd.DataFrame(columns=["source", "scope", "error"])
     tab = pd.DataFrame(table).set_index("source")
-    tab.loc["total (deduplicated)"] = [int(tab["structures"].sum()), int(tab["ok"].sum()), len(seen), len(seen), ""]
+    every = set(rows["scope"].dropna())
+    tab.loc["total (deduplicated)"] = [
+        int(tab["structures"].sum()),
+        int(tab["ok"].sum()),
+        len(every),
+        len(every) - len(seen),
+        len(seen),
+        "",
+    ]
     return rows, tab
+
+
+def corpus_stem(sources: list[str] | None = None, limit: int | None = None) -> str:
+    """File-name stem of a corpus build: version, sources, size."""
+    key = "all" if sources is None else "-".join(sources)
+    size = "full" if limit is None else f"limit{limit}"
+    return f"corpus-v{CORPUS_VERSION}_{key}_{size}"
+
+
+def shipped_corpus_dir() -> Path:
+    """Where the committed full corpus lives (``data/corpus``): SCOPE of every offline crystal takes ~30 min on
+    2 cores (CoRE MOF alone ~20), so it is data, rebuilt by ``python -m cloudlib corpus --jobs 2 --ship``."""
+    return paths.data_dir() / "corpus"
+
+
+def ship_corpus(jobs: int = 2, progress: bool = True) -> Path:
+    """Build the full corpus from scratch and write it, its source table and its provenance (every input's
+    sha256, the SCOPE libraries' versions, the wall time) to :func:`shipped_corpus_dir`."""
+    import importlib.metadata as md
+    import platform
+    import time
+
+    from .io import write_csv, write_json
+    from .registry import REGISTRY
+
+    t0 = time.perf_counter()
+    rows, table = build_corpus(jobs=jobs, progress=progress)
+    wall = time.perf_counter() - t0
+    out = shipped_corpus_dir()
+    stem = out / corpus_stem()
+    write_csv(Path(f"{stem}_rows.csv.gz"), rows)
+    write_csv(Path(f"{stem}_table.csv"), table)
+    inputs = {n: d.sha256 for n, d in REGISTRY.items()}
+    write_json(
+        out / "provenance.json",
+        {
+            "command": f"python -m cloudlib corpus --jobs {jobs} --ship",
+            "corpus_version": CORPUS_VERSION,
+            "files": [Path(f"{stem}_rows.csv.gz").name, Path(f"{stem}_table.csv").name],
+            "structures": int(len(rows)),
+            "ok": int(rows["scope"].notna().sum()),
+            "unique_strings_that_fit": int(table.loc["total (deduplicated)", "new unique"]),
+            "block_tokens": BLOCK_TOKENS,
+            "wall_s": round(wall, 1),
+            "jobs": jobs,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
+            "versions": {p: md.version(p) for p in ("pymatgen", "spglib", "numpy")},
+            "inputs_sha256": inputs,
+            "inputs_note": "the registry at build time (the sources read a subset); 3dsc/mp_cifs/* are checked "
+            "against their manifest; pymatgen's AFLOW prototypes come with the pymatgen version above",
+        },
+        indent=1,
+    )
+    return out
 
 
 def load_pretraining_corpus(
@@ -152,20 +264,28 @@ def load_pretraining_corpus(
     limit: int | None = None,
     refresh: bool = False,
     progress: bool = True,
+    holdout: tuple[str, ...] | list[str] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Deduplicated SCOPE corpus from every offline source, with provenance; cached on disk.
 
     Returns ``(corpus, table)``: ``corpus`` has one row per unique string (index ``scope``; columns
     ``source`` = the first source that produced it, ``sources`` = all of them joined by ``;``,
     ``count`` = how many crystals share it, ``example_id``); ``table`` is the per-source count table of
-    :func:`build_corpus`. The full per-crystal table (with errors) is cached beside it.
+    :func:`build_corpus`. The full per-crystal table (with errors) is cached beside it; without a cache, the
+    committed full corpus (:func:`shipped_corpus_dir`) is read when it is the one asked for.
+
+    Strings over :data:`BLOCK_TOKENS` tokens are left out. ``holdout`` names sources whose every string is
+    removed, whichever source also produced it (``("matbench_dielectric",)``: pre-training sees no string of
+    a MatBench dielectric crystal, so no test crystal's). ``corpus.attrs`` records ``too_long`` and ``held_out``
+    (strings removed) and ``holdout``.
     """
     from .io import write_csv
 
-    key = "all" if sources is None else "-".join(sources)
-    size = "full" if limit is None else f"limit{limit}"
-    stem = paths.derived_dir() / f"corpus-v{CORPUS_VERSION}_{key}_{size}"
+    stem = paths.derived_dir() / corpus_stem(sources, limit)
     rows_path, table_path = Path(f"{stem}_rows.csv.gz"), Path(f"{stem}_table.csv")
+    shipped = shipped_corpus_dir() / Path(stem).name
+    if not refresh and not rows_path.exists() and Path(f"{shipped}_rows.csv.gz").exists():
+        rows_path, table_path = Path(f"{shipped}_rows.csv.gz"), Path(f"{shipped}_table.csv")
     if refresh or not (rows_path.exists() and table_path.exists()):
         rows, table = build_corpus(sources, jobs=jobs, limit=limit, progress=progress)
         write_csv(rows_path, rows)
@@ -183,4 +303,11 @@ def load_pretraining_corpus(
             example_id=("id", "first"),
         )
     )
+    unknown = set(holdout) - set(table.index)
+    if unknown:
+        raise KeyError(f"holdout names sources not in this corpus: {sorted(unknown)}; sources: {list(table.index)}")
+    long = corpus.index.map(n_tokens) > BLOCK_TOKENS
+    held = corpus["sources"].map(lambda s: bool(set(s.split(";")) & set(holdout)))
+    corpus = corpus[~long & ~held].copy()
+    corpus.attrs.update(too_long=int(long.sum()), held_out=int((held & ~long).sum()), holdout=list(holdout))
     return corpus, table

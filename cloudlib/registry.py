@@ -33,6 +33,9 @@ from .io import write_bytes
 CLOUD_COMMIT = "043de9e2cb71efa454a2a9a167ed77df3d769bda"
 CDVAE_COMMIT = "f857f598d6f6cca5dc1ea0582d228f12dcc2c2ea"
 MATCALC_COMMIT = "aa76b41edb9ffb62f7efb2b5d3a3f7a8b2b4747d"
+JARVIS_LEADERBOARD_COMMIT = "57afc55f94c8a6f4562f73a3173968cd4b2f83b1"
+ECIF_COMMIT = "03e6b7bad4849e1ac0de6933b049542d476752dd"
+DSC3_COMMIT = "8d69ca9c94b83d387378549225d3b7c3af85ca42"
 _GH = "https://raw.githubusercontent.com"
 
 
@@ -74,7 +77,17 @@ _MATMINER = _dist(
     "matminer-0.3.9.tar.gz",
     "3faf9e83464f3d48f68a759bf476ad24da4c8c3e950c8f340cb917d3bb906400",
 )
+_CORE_MOF = _dist(
+    "core_mof-2019.1-py3-none-any.whl",
+    "https://files.pythonhosted.org/packages/87/be/81e964fdd55a2372cd4d5305a2885f28a945f45426523c81318c7c9e28b9/"
+    "core_mof-2019.1-py3-none-any.whl",
+    "852af4c604148585eca6cfd75832c4b4967a1bded76381d4b914dcd2317f6823",
+)
 _MIT_CLOUD = "MIT (github.com/ChangwenXu98/CLOUD)"
+_JLB = f"{_GH}/usnistgov/jarvis_leaderboard/{JARVIS_LEADERBOARD_COMMIT}/jarvis_leaderboard/benchmarks/AI"
+_JLB_LICENCE = "NIST (public data; github.com/usnistgov/jarvis_leaderboard)"
+#: The 3DSC Materials Project CIFs: one registry entry for the manifest, one file per line of it.
+DSC3_CIF_URL = f"{_GH}/aimat-lab/3DSC/{DSC3_COMMIT}/superconductors_3D/data/source/MP/raw/cifs"
 
 REGISTRY: dict[str, Dataset] = {
     d.name: d
@@ -204,6 +217,64 @@ REGISTRY: dict[str, Dataset] = {
             description="1,056 dielectric constants (structures as CIF)",
             **_MATMINER,
         ),
+        Dataset(
+            "pypi/matminer-0.3.9/piezoelectric_tensor.csv",
+            "4be45c8df76a9600f789255ddcb05a92fc3807e0b96fd01e85713a58c34a2ae1",
+            member="matminer-0.3.9/matminer/datasets/piezoelectric_tensor.csv",
+            licence="matminer: modified BSD; data de Jong et al. 2015 (Materials Project)",
+            description="941 piezoelectric tensors (structures as Python-repr dicts)",
+            **_MATMINER,
+        ),
+        Dataset(
+            "jarvis_leaderboard/atomgen_perov5_heat_ref.json.zip",
+            "8528dc28a3cd282f2d6eff2ad027306e16b40a03c80b21b5f3eedd92b39d561e",
+            f"{_JLB}/AtomGen/perov5_heat_ref.json.zip",
+            _JLB_LICENCE,
+            "all 18,928 Castelli perovskites as POSCAR (train/val/test 11,356 / 3,787 / 3,785)",
+        ),
+        Dataset(
+            "jarvis_leaderboard/atomgen_carbon24_energy_per_atom.json.zip",
+            "c49ca9fa944b39008a56fa49b03f0d7c1f26775c253999b268e82d1677d09a6c",
+            f"{_JLB}/AtomGen/carbon24_energy_per_atom.json.zip",
+            _JLB_LICENCE,
+            "carbon_24: 10,153 carbon allotropes as POSCAR",
+        ),
+        Dataset(
+            "jarvis_leaderboard/atomgen_dft_3d_Tc_supercon.json.zip",
+            "dcbe3bfedf21a66dd8b4c02589659f1ba6e25bf0fd1e805e358f02a4c2c6b615",
+            f"{_JLB}/AtomGen/dft_3d_Tc_supercon.json.zip",
+            _JLB_LICENCE,
+            "JARVIS electron-phonon superconductors: 1,056 structures as POSCAR",
+        ),
+        Dataset(
+            "jarvis_leaderboard/spp_dft_3d_Tc_supercon.json.zip",
+            "e34fe109057b9dd7b4ae50b18fdec70cc156b6a994a02ec6f57f5c365f8a06dc",
+            f"{_JLB}/SinglePropertyPrediction/dft_3d_Tc_supercon.json.zip",
+            _JLB_LICENCE,
+            "JARVIS superconductors: Tc in K for 616 of them (train/val/test 556 / 30 / 30)",
+        ),
+        Dataset(
+            "ecif/mb-jdft2d.ecif",
+            "e324cc4be9e0fa233e6f0ff77a90dea6cb0554136b60a90e976b3a160c6bd4ce",
+            f"{_GH}/emotionor/ecif/{ECIF_COMMIT}/example/mb-jdft2d.ecif",
+            "MIT (github.com/emotionor/ecif); data MatBench (JARVIS), CC BY 4.0",
+            "508 of 636 matbench_jdft2d entries (all but official fold 0's 128 test ids): id, CIF, exfoliation_en",
+        ),
+        Dataset(
+            "3dsc/mp_cifs.SHA256SUMS",
+            "d4cf4604cfd9dfce4f898d727e62754517adbfb5bd24473a4927dc3f854ab933",
+            None,
+            "CC BY 4.0 (github.com/aimat-lab/3DSC; data Materials Project)",
+            "sha256 manifest of the 4,704 3DSC Materials Project CIFs (made for the mirror; no upstream URL)",
+        ),
+        Dataset(
+            "pypi/core_mof-2019.1/2019-ASR.tar.xz",
+            "2a8f2f722c1131c68d22e9d1029de05fe3fef77c2aac985ff81c41850b0d4992",
+            member="CoRE_MOF/data/2019-ASR.tar.xz",
+            licence="MIT (core-mof, Coudert lab); CoRE MOF 2019 (Chung et al. 2019)",
+            description="CoRE MOF 2019, all-solvent-removed CIFs",
+            **_CORE_MOF,
+        ),
     ]
 }
 
@@ -322,12 +393,50 @@ def fetch(name: str) -> Path:
     def accept(blob: bytes, source: str) -> None:
         _check(blob, ds.sha256, name, source)
 
-    return fetch_with(
-        name,
-        accept,
-        remote=(lambda: _from_archive(ds)) if ds.archive else (lambda: download(ds.url)),
-        remote_label=ds.archive_url if ds.archive else ds.url,
-    )
+    if ds.archive:
+        remote, label = (lambda: _from_archive(ds)), ds.archive_url
+    elif ds.url:
+        remote, label = (lambda: download(ds.url)), ds.url
+    else:
+        remote, label = None, "no public URL (mirror only)"
+    return fetch_with(name, accept, remote=remote, remote_label=label)
+
+
+def fetch_manifest(manifest: str, folder: str, base_url: str) -> dict[str, Path]:
+    """Every file named in a sha256 manifest (``sha256  name`` lines), each fetched and checked like a registry
+    file: cache -> ``base_url/name`` -> ``$CLOUD_DATA_MIRROR/folder/name``. Returns name -> local path.
+
+    After the first download that cannot connect, the rest go straight to the cache and mirror (an offline
+    machine would otherwise try thousands of URLs).
+    """
+    entries = []
+    for line in fetch(manifest).read_text().splitlines():
+        if line.strip():
+            sha, _, fname = line.strip().partition("  ")
+            entries.append((sha, fname.strip()))
+    online = not _offline()
+    out: dict[str, Path] = {}
+    for sha, fname in entries:
+
+        def accept(blob: bytes, source: str, sha=sha, fname=fname) -> None:
+            _check(blob, sha, f"{folder}/{fname}", source)
+
+        def remote(fname=fname) -> bytes:
+            nonlocal online
+            try:
+                return download(f"{base_url}/{fname}")
+            except urllib.error.URLError as exc:
+                if not isinstance(exc, urllib.error.HTTPError):
+                    online = False
+                raise
+
+        out[fname] = fetch_with(
+            f"{folder}/{fname}",
+            accept,
+            remote=remote if online else None,
+            remote_label=f"{base_url}/{fname}" if online else "no connection (an earlier download failed)",
+        )
+    return out
 
 
 def registry_table() -> pd.DataFrame:

@@ -11,9 +11,9 @@ import pytest
 from conftest import need
 
 from cloudlib import matbench_data
-from cloudlib.corpus import corpus_sources, load_pretraining_corpus
+from cloudlib.corpus import BLOCK_TOKENS, corpus_sources, load_pretraining_corpus, n_tokens
 from cloudlib.errors import ChecksumError, DataUnavailableError
-from cloudlib.registry import REGISTRY, Dataset, fetch
+from cloudlib.registry import REGISTRY, Dataset, fetch, fetch_manifest
 
 PAYLOAD = b"scope,n\n1 6 a | 4a 4b | Na 0.5 Cl 0.5,1.5\n"
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -102,14 +102,55 @@ def test_nothing_reachable(sandbox, monkeypatch):
         fetch("no/such/file.csv")
 
 
+def test_manifest_folder_verified_and_offline_fallback(server, sandbox, monkeypatch):
+    """A manifest folder: each file checked against its line; a dead host is tried once, then the mirror."""
+    import urllib.request
+
+    from cloudlib import registry
+
+    other = b"second file\n"
+    manifest = f"{SHA}  good.csv\n{hashlib.sha256(other).hexdigest()}  other.csv\n".encode()
+    (sandbox / "mirror" / "test" / "m.SHA256SUMS").write_bytes(manifest)
+    monkeypatch.setitem(
+        REGISTRY,
+        "test/m.SHA256SUMS",
+        Dataset("test/m.SHA256SUMS", hashlib.sha256(manifest).hexdigest(), None, "x", "no upstream URL"),
+    )
+    (sandbox / "mirror" / "folder").mkdir()
+    (sandbox / "mirror" / "folder" / "other.csv").write_bytes(other)
+    (sandbox / "www" / "other.csv").write_bytes(b"tampered\n")
+    with pytest.raises(ChecksumError, match="folder/other.csv"):  # bad bytes from the host and no good copy
+        (sandbox / "mirror" / "folder" / "other.csv").write_bytes(b"tampered\n")
+        fetch_manifest("test/m.SHA256SUMS", "folder", server)
+    (sandbox / "mirror" / "folder" / "other.csv").write_bytes(other)
+    (sandbox / "www" / "other.csv").unlink()  # 404 from the host: the mirror's good copy is used
+    got = fetch_manifest("test/m.SHA256SUMS", "folder", server)
+    assert got["good.csv"].read_bytes() == PAYLOAD and got["other.csv"].read_bytes() == other
+    # a host that cannot be reached is tried once; every other file then comes from the mirror
+    for f in ("good.csv", "other.csv"):
+        (sandbox / "cache" / "folder" / f).unlink(missing_ok=True)
+    (sandbox / "mirror" / "folder" / "good.csv").write_bytes(PAYLOAD)
+    calls = []
+
+    def dead(url, *a, **k):
+        calls.append(url)
+        raise registry.urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(urllib.request, "urlopen", dead)
+    got = fetch_manifest("test/m.SHA256SUMS", "folder", "http://127.0.0.1:9")
+    assert len(calls) == 1 and got["good.csv"].read_bytes() == PAYLOAD
+
+
 def test_registry_entries_are_complete():
     for name, ds in REGISTRY.items():
         assert len(ds.sha256) == 64 and ds.licence and ds.description, name
-        assert (ds.url is None) != (ds.archive is None), name
+        assert not (ds.url and ds.archive), name
         if ds.archive:
             assert ds.member and ds.archive_url.endswith(ds.archive) and len(ds.archive_sha256) == 64
+        elif ds.url is None:
+            assert "no upstream URL" in ds.description, name  # mirror only, and it says so
         else:
-            assert "/" + ds.url.rsplit("/", 1)[1].split(".")[0] in "/" + name or "perov_5" in name, name
+            assert ds.url.rsplit("/", 1)[1].split(".")[0] in name or "perov_5" in name, name
 
 
 def test_every_registry_file_is_reachable_and_verified():
@@ -152,13 +193,22 @@ def test_corpus_sources_and_provenance(tmp_path, monkeypatch):
     if (body["note"] != "").any() and __import__("os").environ.get("CI"):
         pytest.fail(f"a corpus source was unavailable under CI: {body['note'].to_dict()}")
     assert (body["structures"] == 25).all() and (body["ok"] >= 20).all()
-    assert table.loc["total (deduplicated)", "unique"] == len(corpus) == corpus["count"].ge(1).sum()
+    assert table.loc["total (deduplicated)", "new unique"] == len(corpus) == corpus["count"].ge(1).sum()
+    assert table.loc["total (deduplicated)", "unique"] == len(corpus) + table.loc["total (deduplicated)", "too long"]
     assert body["new unique"].sum() == len(corpus)
+    assert corpus.index.map(n_tokens).max() <= BLOCK_TOKENS
     assert set(corpus["source"]) <= sources
     assert all(" | " in s and len(s.split(" | ")) == 3 for s in corpus.index)
     # second call reads the cache
     again, _ = load_pretraining_corpus(limit=25, progress=False)
     assert again.equals(corpus)
+    # the holdout switch removes every string a source produced, whoever else produced it too
+    held, _ = load_pretraining_corpus(limit=25, progress=False, holdout=("matbench_dielectric",))
+    dielectric = corpus[corpus["sources"].str.split(";").map(lambda s: "matbench_dielectric" in s)]
+    assert len(dielectric) > 0 and held.attrs["held_out"] == len(dielectric)
+    assert set(held.index) == set(corpus.index) - set(dielectric.index)
+    with pytest.raises(KeyError, match="no_such_source"):
+        load_pretraining_corpus(limit=25, progress=False, holdout=("no_such_source",))
 
 
 def test_every_corpus_source_keeps_every_crystal():
@@ -173,6 +223,13 @@ def test_every_corpus_source_keeps_every_crystal():
         "cdvae_perov_5": 3787 + 3785,
         "matcalc_mp_elasticity": 3953,
         "matcalc_wbm": 972,
+        "matminer_piezoelectric_tensor": 941,
+        "jarvis_castelli_perovskites": 18928,
+        "jarvis_carbon_24": 10153,
+        "jarvis_supercon": 1056,
+        "matbench_jdft2d_partial": 508,
+        "3dsc_mp": 4704,
+        "core_mof_2019": 12020,
     }
     loaders = corpus_sources()
     assert set(loaders) == set(documented)
@@ -192,3 +249,36 @@ def test_splits_agree_with_matbench_itself():
         train, test = matbench_data.matbench_split("matbench_dielectric", fold)
         key = task.folds_keys[fold]
         assert list(task.validation[key].train) == train and list(task.validation[key].test) == test
+
+
+def test_shipped_corpus_is_what_its_sources_give():
+    """The committed corpus (data/corpus) against its provenance and a fresh SCOPE of a random sample of rows."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from cloudlib.corpus import corpus_stem, shipped_corpus_dir
+    from cloudlib.scope import scope_table
+
+    folder = shipped_corpus_dir()
+    prov = json.loads((folder / "provenance.json").read_text())
+    rows = pd.read_csv(folder / f"{corpus_stem()}_rows.csv.gz", index_col="id", keep_default_na=False, na_values=[""])
+    table = pd.read_csv(folder / f"{corpus_stem()}_table.csv", index_col="source", keep_default_na=False)
+    assert prov["files"] == [f"{corpus_stem()}_rows.csv.gz", f"{corpus_stem()}_table.csv"]
+    assert len(rows) == prov["structures"] and int(rows["scope"].notna().sum()) == prov["ok"]
+    assert set(rows["source"]) == set(corpus_sources()) == set(table.index) - {"total (deduplicated)"}
+    counts = rows.groupby("source").size()
+    assert (counts == table["structures"].drop(index="total (deduplicated)")).all()
+    corpus, _ = load_pretraining_corpus(progress=False)  # read from data/corpus when no cache is there
+    assert len(corpus) == prov["unique_strings_that_fit"] == table.loc["total (deduplicated)", "new unique"]
+    rng = np.random.default_rng(0)
+    loaders = corpus_sources()
+    for source in ("matbench_jdft2d_partial", "jarvis_supercon", "matminer_piezoelectric_tensor", "3dsc_mp"):
+        from conftest import need_call
+
+        items = need_call(loaders[source])
+        ids = list(rows.index[rows["source"] == source])
+        pick = [ids[i] for i in rng.choice(len(ids), 15, replace=False)]
+        fresh = scope_table({i: items[i] for i in pick}, progress=False)
+        assert fresh["scope"].fillna("").tolist() == rows.loc[pick, "scope"].fillna("").tolist(), source
