@@ -34,6 +34,7 @@ from . import engine
 from .config import FinetuneConfig
 from .errors import InvalidTargetError, ModelError
 from .model import CloudPredictor, build_encoder
+from .scope import expand_variants, group_mean
 from .splits import seeded_split
 
 #: The dropout stream of fine-tuning steps (:func:`cloudlib.engine.step_seed`), kept from the first release so
@@ -127,8 +128,10 @@ class PropertyObjective(engine.Objective):
         eval_batch_size: int,
         device,
         precision: str = "auto",
+        val_groups: np.ndarray | None = None,
     ):
         self.train, self.y_train, self.val, self.y_val = train, y_train, val, y_val
+        self.val_groups = val_groups  # several encoded strings per validation row: their outputs are averaged
         self.task, self.mean, self.std, self.batch, self.device = task, mean, std, eval_batch_size, device
         self.precision = precision
         self.lengths = train.lengths
@@ -149,6 +152,8 @@ class PropertyObjective(engine.Objective):
         if not len(self.val):
             return {}
         raw = raw_outputs(model, self.val, self.batch, self.device, self.precision)
+        if self.val_groups is not None:
+            raw = group_mean(raw, self.val_groups)
         y = self.y_val
         if self.task == "regression":
             return {
@@ -256,12 +261,20 @@ def fit(
         else:
             mean, std = 0.0, 1.0
         y_scaled = torch.tensor((y - mean) / std, dtype=torch.float32)
+        train_data, y_train = data.rows(train_idx), y_scaled[torch.from_numpy(train_idx)]
+        val_data, val_groups = data.rows(val_idx), None
+        if cfg.augment > 1:  # equivalent orders of each training string, with its target
+            aug, groups = expand_variants([strings[i] for i in train_idx], cfg.augment, cfg.seed)
+            train_data, y_train = engine.encode(tok, aug), y_train[torch.from_numpy(groups)]
+        if cfg.tta > 1 and len(val_idx):
+            aug, val_groups = expand_variants([strings[i] for i in val_idx], cfg.tta, cfg.seed)
+            val_data = engine.encode(tok, aug)
         torch.manual_seed(cfg.seed + 1)  # head initialisation
         model = CloudPredictor(encoder, cfg.dropout)
         objective = PropertyObjective(
-            data.rows(train_idx),
-            y_scaled[torch.from_numpy(train_idx)],
-            data.rows(val_idx),
+            train_data,
+            y_train,
+            val_data,
             y[val_idx],
             cfg.task,
             mean,
@@ -269,6 +282,7 @@ def fit(
             cfg.eval_batch_size,
             d.device,
             cfg.precision,
+            val_groups,
         )
         objective.name = f"fine-tune {cfg.task}"
         result = train_head(model, objective, cfg, checkpoint_dir, resume, progress, d)
@@ -302,7 +316,13 @@ def predict_strings(result: FitResult, strings: Sequence[str], batch_size: int =
         return np.zeros(0)
     model = result.model
     device = next(model.parameters()).device
+    tta = getattr(result.config, "tta", 1)
+    groups = None
+    if tta > 1:  # the mean over equivalent orders of each string (test-time augmentation)
+        strings, groups = expand_variants(strings, tta, result.config.seed)
     raw = raw_outputs(model, engine.encode(result.tokenizer, strings), batch_size, device, result.config.precision)
+    if groups is not None:
+        raw = group_mean(raw, groups)
     if result.task == "classification":
         return 1.0 / (1.0 + np.exp(-raw))
     return raw * result.std + result.mean

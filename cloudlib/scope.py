@@ -252,22 +252,26 @@ class DictText(str):
     """A pymatgen structure dict as JSON or Python-repr text (as matminer's CSVs store it)."""
 
 
+class PoscarText(str):
+    """VASP POSCAR file contents (as JARVIS stores structures), parsed lazily, in the worker that needs it."""
+
+
 def _parse_text(obj: str, name: object) -> Structure:
     import ast
     import warnings
 
     try:
-        if isinstance(obj, CifText):
+        if isinstance(obj, (CifText, PoscarText)):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return Structure.from_str(obj, fmt="cif")
+                return Structure.from_str(obj, fmt="cif" if isinstance(obj, CifText) else "poscar")
         try:
             d = json.loads(obj)
         except ValueError:
             d = ast.literal_eval(obj)
         return Structure.from_dict(d)
     except Exception as exc:
-        kind = "CIF" if isinstance(obj, CifText) else "structure dict"
+        kind = {CifText: "CIF", PoscarText: "POSCAR"}.get(type(obj), "structure dict")
         raise StructureParseError(f"{kind} does not parse ({type(exc).__name__}: {exc})", name) from exc
 
 
@@ -275,7 +279,7 @@ def as_structure(obj: Any, name: object = None) -> Structure:
     """Structure from a Structure, a pymatgen dict, CifText/DictText or a file path."""
     if isinstance(obj, Structure):
         return obj
-    if isinstance(obj, (CifText, DictText)):
+    if isinstance(obj, (CifText, DictText, PoscarText)):
         return _parse_text(obj, name)
     if isinstance(obj, BaseException):
         raise obj
@@ -323,7 +327,7 @@ def _work_shipped(args):
 def _shippable(name, obj):
     """For spawn-based pools: a light picklable payload (validated cell, text, path or the error)."""
     if isinstance(obj, (str, os.PathLike)):
-        return str(obj) if not isinstance(obj, (CifText, DictText)) else obj
+        return str(obj) if not isinstance(obj, (CifText, DictText, PoscarText)) else obj
     try:
         return structure_cell(as_structure(obj, name), name)
     except StructureError as exc:
@@ -405,3 +409,81 @@ def parse_scope(scope: str) -> dict:
         "wyckoffs": wyck.split(),
         "composition": {e: float(x) for e, x in zip(toks[::2], toks[1::2])},
     }
+
+
+# --------------------------------------------------------------------------- equivalent strings
+
+
+def scope_variants(scope: str, k: int, seed: int = 0) -> list[str]:
+    """``scope`` followed by up to ``k - 1`` distinct equivalent SCOPE strings (data augmentation).
+
+    A reduced SCOPE string lists its Wyckoff symbols and its elements in the order the sites of one
+    particular cell first show them: reorder the sites and the same crystal gets another, equally valid
+    string. The variants reorder the Wyckoff section and the (element, fraction) pairs at random
+    (``random.Random`` seeded by ``seed`` and the string, so a string's variants never depend on what else is
+    in the batch). The generator section is fixed by the space group. Fewer than ``k`` strings come back when
+    the crystal has fewer distinct orders (NaCl: 4; a one-site crystal: 1). Raises ValueError for a string
+    that is not of the 3-section form.
+    """
+    import hashlib
+    import itertools
+    import math
+    import random
+
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    parts = [p.strip() for p in scope.split("|")]
+    if len(parts) != 3:
+        raise ValueError(f"not a SCOPE string (expected 3 sections separated by '|'): {scope[:80]!r}")
+    gen, wyck, comp = parts
+    wy, toks = wyck.split(), comp.split()
+    if len(toks) % 2:
+        raise ValueError(f"composition section needs element/fraction pairs: {comp!r}")
+    pairs = [f"{e} {x}" for e, x in zip(toks[::2], toks[1::2])]
+    out = [scope]
+    possible = math.factorial(len(wy)) * math.factorial(len(pairs))  # an upper bound (symbols can repeat)
+    if k == 1 or possible == 1:
+        return out
+    seen = {scope}
+    rng = random.Random(int.from_bytes(hashlib.sha256(f"{seed}|{scope}".encode()).digest()[:8], "little"))
+    if possible <= 4 * k:  # few orders: enumerate them all, then draw
+        every = [
+            f"{gen} | {' '.join(w)} | {' '.join(c)}"
+            for w in itertools.permutations(wy)
+            for c in itertools.permutations(pairs)
+        ]
+        cand = [s for s in dict.fromkeys(every) if s not in seen]
+        rng.shuffle(cand)
+        return out + cand[: k - 1]
+    for _ in range(20 * k):
+        w, c = wy[:], pairs[:]
+        rng.shuffle(w)
+        rng.shuffle(c)
+        s = f"{gen} | {' '.join(w)} | {' '.join(c)}"
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+            if len(out) == k:
+                break
+    return out
+
+
+def expand_variants(strings: Iterable[str], k: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Every string's :func:`scope_variants` (``k`` at most), flattened, and for each output string the position
+    of the input string it came from (for repeating targets and averaging predictions)."""
+    out: list[str] = []
+    groups: list[int] = []
+    for i, s in enumerate(strings):
+        v = scope_variants(s, k, seed) if k > 1 else [s]
+        out.extend(v)
+        groups.extend([i] * len(v))
+    return out, np.asarray(groups, dtype=np.int64)
+
+
+def group_mean(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """The mean of ``values`` (first axis) over each group 0..G-1 of :func:`expand_variants`."""
+    values = np.asarray(values, dtype=np.float64)
+    counts = np.bincount(groups)
+    sums = np.zeros((len(counts),) + values.shape[1:])
+    np.add.at(sums, groups, values)
+    return sums / counts.reshape((-1,) + (1,) * (values.ndim - 1))

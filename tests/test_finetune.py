@@ -247,3 +247,37 @@ def test_shipped_dielectric_predictor_works_out_of_the_box():
     assert list(df["id"]) == ["NaCl", "alloy"]
     assert 1.3 < df.loc[0, "prediction"] < 2.0 and pd.isna(df.loc[0, "error"])  # DFT n of NaCl is ~1.6
     assert np.isnan(df.loc[1, "prediction"]) and df.loc[1, "error"].startswith("DisorderedStructureError")
+
+
+# --------------------------------------------------------------------------- equivalent orders
+
+
+def test_augmented_fit_and_test_time_averaging(small, tmp_path):
+    from cloudlib.scope import expand_variants
+
+    cfg = TINY.replace(epochs=1, augment=3, tta=4)
+    aug = fit(small["scope"], small["n"], cfg, progress=False)
+    plain = fit(small["scope"], small["n"], TINY.replace(epochs=1), progress=False)
+    # the same rows are carved out for validation; the augmented fit takes more steps over more strings
+    assert np.array_equal(aug.val_index, plain.val_index) and np.array_equal(aug.train_index, plain.train_index)
+    n_train = len(expand_variants(small["scope"].iloc[aug.train_index], 3, cfg.seed)[0])
+    assert 240 < n_train <= 720
+    assert aug.history["step"].iloc[-1] == -(-n_train // cfg.batch_size)
+    # predictions are the mean over each string's variants
+    strings = list(small["scope"].iloc[:20])
+    flat, groups = expand_variants(strings, 4, cfg.seed)
+    single = aug.__class__(**{**aug.__dict__, "config": aug.config.replace(tta=1)})
+    per_variant = predict_strings(single, flat)
+    manual = np.array([per_variant[groups == i].mean() for i in range(len(strings))])
+    assert np.allclose(predict_strings(aug, strings), manual, rtol=0, atol=1e-12)
+    assert not np.allclose(predict_strings(aug, strings), predict_strings(single, strings))
+    # validation MAE was scored the same way (tta over the validation rows)
+    va = small.iloc[aug.val_index]
+    assert aug.history["val_mae"].iloc[-1] == pytest.approx(
+        np.mean(np.abs(predict_strings(aug, va["scope"]) - va["n"]))
+    )
+    # the setting travels with a saved predictor
+    back = load_predictor(save_predictor(aug, tmp_path / "aug"))
+    assert back.config.tta == 4 and np.array_equal(predict_strings(back, strings), predict_strings(aug, strings))
+    with pytest.raises(Exception, match="tta"):
+        TINY.replace(tta=0)

@@ -238,3 +238,27 @@ def test_cli_json_inputs_and_exit_codes(tmp_path):
     (tmp_path / "weird.json").write_text("[1, 2, 3]")
     r = _cli("scope", str(tmp_path / "weird.json"), "-o", str(tmp_path / "y.csv"))
     assert r.returncode == 1 and "expected a dict" in r.stderr
+
+
+def test_scope_variants_are_the_same_crystal(paper_scope):
+    from cloudlib.scope import expand_variants, group_mean, scope_variants
+
+    v = scope_variants(NACL, 10)
+    assert v[0] == NACL and len(v) == len(set(v)) == 4  # 2 Wyckoff orders x 2 element orders
+    assert scope_variants(NACL, 10) == v and scope_variants(NACL, 10, seed=1)[0] == NACL
+    assert scope_variants(NACL, 1) == [NACL] and scope_variants("1 0 | 1a | Cu 1.0", 5) == ["1 0 | 1a | Cu 1.0"]
+    for s in list(paper_scope["scope"])[:300]:
+        ref = parse_scope(s)
+        variants = scope_variants(s, 4, seed=3)
+        assert variants[0] == s and len(set(variants)) == len(variants) <= 4
+        for w in variants[1:]:
+            p = parse_scope(w)  # a valid string: same group, same Wyckoff multiset, same composition
+            assert p["spacegroup"] == ref["spacegroup"] and p["composition"] == ref["composition"]
+            assert sorted(p["wyckoffs"]) == sorted(ref["wyckoffs"]) and w.split(" | ")[0] == s.split(" | ")[0]
+    flat, groups = expand_variants([NACL, "1 0 | 1a | Cu 1.0"], 3)
+    assert flat[0] == NACL and list(groups) == [0, 0, 0, 1] and flat[3] == "1 0 | 1a | Cu 1.0"
+    assert np.allclose(group_mean(np.array([1.0, 2.0, 3.0, 7.0]), groups), [2.0, 7.0])
+    with pytest.raises(ValueError, match="3 sections"):
+        scope_variants("Na 0.5 Cl 0.5", 2)
+    with pytest.raises(ValueError, match="k must be"):
+        scope_variants(NACL, 0)
