@@ -60,8 +60,12 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_corpus(args) -> int:
-    from .corpus import load_pretraining_corpus
+    from .corpus import load_pretraining_corpus, ship_corpus
 
+    if args.ship:
+        if args.limit is not None:
+            raise UsageError("--ship builds the full corpus; drop --limit")
+        print(f"shipped corpus -> {ship_corpus(jobs=args.jobs)}", file=sys.stderr)
     corpus, table = load_pretraining_corpus(jobs=args.jobs, limit=args.limit, refresh=args.refresh)
     print(table.to_string())
     if args.output:
@@ -164,6 +168,15 @@ def _cmd_matbench(args) -> int:
     if unknown:
         raise UsageError(f"unknown models {sorted(unknown)}; choose from {list(MODELS)}")
     config = preset("finetune", args.preset, **_overrides(args.set))
+    if args.tasks == ["offline"] or args.tasks[0].startswith("offline:"):
+        from .matbench_run import run_offline
+
+        tasks = None if args.tasks == ["offline"] else [t.removeprefix("offline:") for t in args.tasks]
+        folds = run_offline(
+            tasks, config, models=args.models, jobs=args.jobs, out_dir=args.out or "data/multitask", name=args.preset
+        )
+        print(summarise(folds.assign(task=folds["task"] + " (" + folds["folds"] + ")")).round(4).to_string())
+        return EXIT_OK
     out = args.out or output_dirs(args.preset)[1]
     folds = run_matbench(
         args.tasks,
@@ -211,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--limit", type=int, default=None, help="first N items per source")
     p.add_argument("--refresh", action="store_true", help="recompute even if cached")
+    p.add_argument("--ship", action="store_true", help="rebuild the full corpus into data/corpus (committed data)")
     p.set_defaults(func=_cmd_corpus)
 
     p = sub.add_parser("data", help="list or fetch registry files")
@@ -238,7 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("matbench", help="MatBench v0.1 protocol: all folds, task.record, matbench's file format")
-    p.add_argument("--tasks", nargs="+", default=["matbench_dielectric"])
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["matbench_dielectric"],
+        help="MatBench tasks; 'offline' = the offline multi-task table (or offline:TASK ...), to data/multitask",
+    )
     p.add_argument("--preset", choices=sorted(PRESETS["finetune"]), default="laptop", help="fine-tuning preset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a FinetuneConfig field")
     p.add_argument("--models", nargs="+", default=["CLOUD", "CLOUD-scratch", "RF-Magpie", "Dummy"])

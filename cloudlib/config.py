@@ -102,6 +102,13 @@ class PretrainConfig(TrainConfig):
     dropout: float = 0.1
     corpus_limit: int | None = None  # crystals per corpus source (smoke runs)
     max_train_strings: int | None = None  # the first N strings of the seeded training split (data-scaling sweeps)
+    augment: int = 1  # copies of each training string: itself + (augment - 1) equivalent orders (scope_variants)
+    holdout: tuple[str, ...] = ()  # corpus sources whose every string is left out (e.g. matbench_dielectric)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.augment < 1:
+            raise ConfigError(f"augment must be >= 1, got {self.augment}", "augment")
 
 
 @dataclass
@@ -122,9 +129,14 @@ class FinetuneConfig(TrainConfig):
     val_fraction: float = 0.1
     bucket_batches: int = 20
     eval_batch_size: int = 256
+    augment: int = 1  # copies of each training row: its string + (augment - 1) equivalent orders (scope_variants)
+    tta: int = 1  # validation and predictions: the mean over the string and (tta - 1) equivalent orders
 
     def __post_init__(self):
         super().__post_init__()
+        for name in ("augment", "tta"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}", name)
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}", "task")
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
@@ -164,9 +176,32 @@ _PRETRAIN = {
         corpus_limit=150,
         eval_max_strings=512,
     ),
-    # the README's main job on 2 CPU cores: ~10 minutes
+    # the README's main job on 2 CPU cores: ~10 minutes (800 steps: ~1.7 epochs of the ~60 k-string corpus; the
+    # shipped encoder is the "long" preset's)
     "laptop": PretrainConfig(
-        model="small", epochs=4, batch_size=128, lr=1e-3, eval_every=100, ckpt_every=100, eval_max_strings=4096
+        model="small",
+        epochs=4,
+        max_steps=800,
+        batch_size=128,
+        lr=1e-3,
+        eval_every=100,
+        ckpt_every=100,
+        eval_max_strings=4096,
+    ),
+    # the shipped encoder (models/cloud-laptop): trained once, for longer, on 1 CPU thread (bit-reproducible on
+    # the machine kind that made it); size from notebook 04's compute-optimal N(C) for that budget (see
+    # models/cloud-laptop/training_summary.json); 5 % validation strings; resumable (--resume)
+    "long": PretrainConfig(
+        model="L4xD128",
+        epochs=24,
+        batch_size=128,
+        lr=1e-3,
+        val_fraction=0.05,
+        eval_every=500,
+        ckpt_every=250,
+        eval_max_strings=None,
+        precision="bf16",
+        threads=1,
     ),
     # the paper (config_pretrain.yaml): BERT-base, batch 1024, lr 1e-4, cosine, 5 % warm-up, 50 epochs
     "paper": PretrainConfig(
@@ -243,7 +278,7 @@ _SWEEP = {
         corpus_limit=150,
     ),
     # the README's main job: 5 sizes (8 k - 350 k non-embedding parameters, 1.6 decades) x 5 data sizes
-    # (1.6 k strings to the whole 25 k training split, 1.2 decades), 3 epochs each; ~5 min on 2 cores
+    # (1.6 k strings to the whole training split), 3 epochs each; ~5 min on 2 cores with the 25 k-string corpus
     "laptop": SweepConfig(
         models=("L1xD24", "L1xD40", "L2xD48", "L2xD80", "L3xD96"),
         data_sizes=(1600, 3200, 6400, 12800, None),
@@ -289,4 +324,6 @@ def from_dict(cls, values: dict):
     check_fields(cls, values)
     if cls is SweepConfig:
         values = {**values, "models": tuple(values["models"]), "data_sizes": tuple(values["data_sizes"])}
+    if cls is PretrainConfig and "holdout" in values:
+        values = {**values, "holdout": tuple(values["holdout"])}
     return cls(**values)

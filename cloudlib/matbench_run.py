@@ -389,3 +389,151 @@ def run_unconvbench(
     table = pd.DataFrame(rows, columns=["task", "model", "fold", "n_train", "n_test", "mae", "seconds"])
     table.attrs.update(skipped=skipped, skipped_models=skipped_models)
     return table
+
+
+# --------------------------------------------------------------------------- the offline multi-task table
+
+
+def offline_task_table(task: str, jobs: int = 1, limit: int | None = None) -> pd.DataFrame:
+    """An offline task (:data:`cloudlib.offline_data.OFFLINE_TASKS`) as ids -> scope, formula, target,
+    structure; SCOPE and formulas cached under data/derived (``limit``: the first N rows, for smoke runs)."""
+    from .offline_data import load_offline_task
+    from .scope import as_structure, scope_table
+
+    df = load_offline_task(task)
+    if limit is not None:
+        df = df.iloc[:limit]
+    cache = paths.derived_dir() / f"offline_{task}_{'full' if limit is None else f'limit{limit}'}.csv.gz"
+    if cache.exists():
+        cached = pd.read_csv(cache, index_col="id", keep_default_na=False, na_values=[""])
+        cached.index = cached.index.astype(str)
+    if not cache.exists() or list(cached.index) != [str(i) for i in df.index]:
+        cached = scope_table(df["structure"].to_dict(), jobs=jobs, progress=False)
+        formulas = []
+        for i, s in df["structure"].items():
+            try:
+                formulas.append(as_structure(s, i).composition.formula)
+            except Exception:  # the SCOPE column already names the error
+                formulas.append(None)
+        cached["formula"] = formulas
+        cached.index = cached.index.astype(str)
+        write_csv(cache, cached)
+    out = cached[["scope", "error", "formula"]].copy()
+    out.index = df.index
+    out["target"] = df["target"].astype(float).to_numpy()
+    out["structure"] = df["structure"].to_numpy()
+    return out
+
+
+def run_offline(
+    tasks=None,
+    config: FinetuneConfig | None = None,
+    models=MODELS,
+    jobs: int = 1,
+    out_dir: str | Path = "data/multitask",
+    name: str = "laptop",
+    progress: bool = True,
+    limit: int | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The multi-task table (the paper's Figure 2, offline): every task of ``OFFLINE_TASKS`` (or ``tasks``) x
+    ``models``, each on its folds (official, official-partial or seeded 5-fold; each task keeps its label).
+
+    Resumable: every (task, model, fold) is written to ``out_dir/parts/`` when done and skipped on a rerun
+    with the same settings. Writes ``offline_<name>_folds.csv`` (task, model, fold, folds label, n_train,
+    n_test, mae, rmse, max_error, seconds), ``offline_<name>_predictions.csv.gz`` and ``offline_<name>.json`` in
+    matbench's record layout (``tasks -> task -> model -> fold_i -> {scores, parameters}``) with each task's
+    label and the resolved config. ``limit`` takes the first N rows of each seeded task (smoke runs; official
+    folds need every row). Returns the per-fold table.
+    """
+    import json
+
+    from .config import preset
+    from .io import write_json
+    from .offline_data import OFFLINE_TASKS, offline_task_folds
+
+    config = config or preset("finetune", "laptop")
+    tasks = list(OFFLINE_TASKS) if tasks is None else list(tasks)
+    unknown = set(tasks) - set(OFFLINE_TASKS)
+    if unknown:
+        raise KeyError(f"unknown offline tasks {sorted(unknown)}; known: {sorted(OFFLINE_TASKS)}")
+    unknown = set(models) - set(MODELS)
+    if unknown:
+        raise KeyError(f"unknown models {sorted(unknown)}; known: {list(MODELS)}")
+    out = paths.resolve(out_dir)
+    parts = out / "parts" / name
+    parts.mkdir(parents=True, exist_ok=True)
+    settings = json.dumps({"config": config.to_dict(), "limit": limit, "seed": seed}, sort_keys=True)
+    rows, preds = [], []
+    for task in tasks:
+        spec = OFFLINE_TASKS[task]
+        lim = None if spec.folds.startswith("official") else limit  # official folds need every test id
+        table = offline_task_table(task, jobs=jobs, limit=lim)
+        features = None
+        for fold, (train_ids, test_ids) in offline_task_folds(task, table.index, seed).items():
+            train, test = table.loc[train_ids], table.loc[test_ids]
+            for model in models:
+                part = parts / f"{task}__{_slug(model)}__fold{fold}.json"
+                if part.exists():
+                    done = json.loads(part.read_text())
+                    if done["settings"] == settings:
+                        rows.append(done["row"])
+                        preds.append(pd.DataFrame(done["predictions"]))
+                        continue
+                if model == "RF-Magpie" and features is None:
+                    from .features import magpie_features
+
+                    features = magpie_features(table["formula"], cache_key=f"offline_{task}_{lim}", jobs=1)
+                t0 = time.perf_counter()
+                pred, params, _ = fit_predict(
+                    model, train, test, features, "regression", config, seed=config.seed + fold, progress=progress
+                )
+                pred = np.asarray(pred, dtype=float)
+                err = pred - test["target"].to_numpy()
+                row = {
+                    "task": task,
+                    "model": model,
+                    "fold": fold,
+                    "folds": spec.folds,
+                    "n_train": len(train),
+                    "n_test": len(test),
+                    "mae": float(np.mean(np.abs(err))),
+                    "rmse": float(np.sqrt(np.mean(err**2))),
+                    "max_error": float(np.max(np.abs(err))),
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "parameters": params,
+                }
+                p = {"task": task, "model": model, "fold": fold, "id": list(test.index), "prediction": pred.tolist()}
+                write_json(part, {"settings": settings, "row": row, "predictions": p})
+                rows.append(row)
+                preds.append(pd.DataFrame(p))
+    table = pd.DataFrame(rows)
+    record: dict = {
+        "metadata": {
+            "name": name,
+            "config": config.to_dict(),
+            "seed": seed,
+            "limit": limit,
+            "labels": {
+                t: {"folds": OFFLINE_TASKS[t].folds, "unit": OFFLINE_TASKS[t].unit, "note": OFFLINE_TASKS[t].note}
+                for t in tasks
+            },
+        },
+        "tasks": {},
+    }
+    for r in rows:
+        scores = {k: r[k] for k in ("mae", "rmse", "max_error")}
+        record["tasks"].setdefault(r["task"], {}).setdefault(r["model"], {})[f"fold_{r['fold']}"] = {
+            "scores": scores,
+            "parameters": {
+                **(r.get("parameters") or {}),
+                "n_train": r["n_train"],
+                "n_test": r["n_test"],
+                "seconds": r["seconds"],
+            },
+        }
+    write_json(out / f"offline_{name}.json", record, indent=1)
+    if len(table):
+        write_csv(out / f"offline_{name}_folds.csv", table.drop(columns=["parameters"]), index=False)
+        write_csv(out / f"offline_{name}_predictions.csv.gz", pd.concat(preds), index=False)
+    return table.drop(columns=["parameters"]) if len(table) else table

@@ -29,6 +29,7 @@ from . import engine
 from . import model as cloud_model
 from .config import PretrainConfig
 from .io import write_json
+from .scope import expand_variants
 from .splits import seeded_split
 
 IGNORE = -100
@@ -171,6 +172,9 @@ def pretrain(
         train_s, val_s = split_strings(strings, cfg.val_fraction, cfg.seed)
         if cfg.max_train_strings is not None:
             train_s = train_s[: cfg.max_train_strings]
+        if cfg.augment > 1:  # equivalent orders of each training string; none that is a validation string
+            held = set(val_s)
+            train_s = [s for s in expand_variants(train_s, cfg.augment, cfg.seed)[0] if s not in held]
         train, val = engine.encode(tok, train_s), engine.encode(tok, val_s)
         mlm = cloud_model.build_mlm(cloud_model.preset(cfg.model).replace(dropout=cfg.dropout), tok, seed=cfg.seed)
         net = MaskedLMLoss(mlm)
@@ -215,5 +219,5 @@ def pretrain_preset(
     from .corpus import load_pretraining_corpus
 
     cfg = preset("pretrain", name, **(overrides or {}))
-    corpus, _ = load_pretraining_corpus(limit=cfg.corpus_limit, jobs=jobs, progress=False)
+    corpus, _ = load_pretraining_corpus(limit=cfg.corpus_limit, jobs=jobs, progress=False, holdout=cfg.holdout)
     return pretrain(list(corpus.index), cfg, out_dir, resume=resume, progress=progress)

@@ -164,3 +164,39 @@ def test_cli(tmp_path, truth):
     assert mean == pytest.approx(0.8088, abs=5e-4)
     line = next(x for x in ok.stdout.splitlines() if "Dummy" in x)
     assert f"{mean:.4f}" in line  # what the command prints is what it wrote
+
+
+def test_offline_multitask_table_labels_resume_and_record(tmp_path, monkeypatch):
+    """Two real offline tasks (one official-partial, one seeded) x four models, tiny settings; resumable."""
+    from cloudlib.offline_data import OFFLINE_TASKS, offline_task_folds
+
+    monkeypatch.setenv("CLOUD_HOME", str(tmp_path / "home"))  # derived caches in a scratch tree
+    cfg = preset("finetune", "smoke").replace(epochs=1)
+    tasks = ["matbench_jdft2d", "jarvis_supercon_tc"]
+    models = ("CLOUD", "RF-Magpie", "Dummy")  # CLOUD-scratch takes CLOUD's code path
+    kw = dict(models=models, out_dir=tmp_path / "mt", name="t", progress=False, limit=150)
+    table = need_call(mr.run_offline, tasks, cfg, **kw)
+    assert set(table["task"]) == set(tasks) and set(table["model"]) == set(models)
+    jd = table[table["task"] == "matbench_jdft2d"]
+    assert sorted(jd["fold"].unique()) == [1, 2, 3, 4] and (jd["n_train"] == 381).all() and (jd["n_test"] == 127).all()
+    assert (jd["folds"] == "official, partial").all()
+    sc = table[table["task"] == "jarvis_supercon_tc"]
+    assert (sc["folds"] == "seeded 5-fold").all() and (sc["n_train"] + sc["n_test"] == 150).all()
+    assert len(table) == 4 * 3 + 5 * 3 and np.isfinite(table["mae"]).all()
+    # the Dummy predicts the training mean: its MAE is reproducible from the data alone
+    from cloudlib.offline_data import load_offline_task
+
+    df = load_offline_task("jarvis_supercon_tc").iloc[:150]
+    train, test = offline_task_folds("jarvis_supercon_tc", df.index)[0]
+    mae = np.mean(np.abs(df.loc[test, "target"] - df.loc[train, "target"].mean()))
+    dummy = sc[(sc["model"] == "Dummy") & (sc["fold"] == 0)]["mae"].iloc[0]
+    assert dummy == pytest.approx(mae, rel=1e-12)
+    record = json.loads((tmp_path / "mt" / "offline_t.json").read_text())
+    assert record["metadata"]["labels"]["matbench_jdft2d"]["folds"] == OFFLINE_TASKS["matbench_jdft2d"].folds
+    assert record["tasks"]["jarvis_supercon_tc"]["Dummy"]["fold_0"]["scores"]["mae"] == pytest.approx(dummy)
+    preds = pd.read_csv(tmp_path / "mt" / "offline_t_predictions.csv.gz")
+    assert len(preds) == int(table["n_test"].sum())
+    # a rerun with the same settings trains nothing: every (task, model, fold) is read back
+    monkeypatch.setattr(mr, "fit_predict", lambda *a, **k: pytest.fail("refitted a finished fold"))
+    again = mr.run_offline(tasks, cfg, **kw)
+    pd.testing.assert_frame_equal(again, table)
