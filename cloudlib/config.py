@@ -193,7 +193,7 @@ _PRETRAIN = {
     # models/cloud-laptop/training_summary.json); 5 % validation strings; resumable (--resume)
     "long": PretrainConfig(
         model="L4xD128",
-        epochs=24,
+        epochs=42,
         batch_size=128,
         lr=1e-3,
         val_fraction=0.05,
