@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from cloudlib import finetune, matbench_data
+from cloudlib import finetune, matbench_data, paths
 from cloudlib.config import preset
 from cloudlib.io import write_json
+from cloudlib.registry import sha256_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
             "val_mae": float(np.mean(np.abs(r.predict(val["scope"]) - val["n"]))),
             "test_mae": float(np.mean(np.abs(r.predict(test["scope"]) - test["n"]))),
         }
+    weights = paths.resolve(cfg.encoder) / "model.safetensors"
     out = {
         "name": args.name,
         "config": cfg.to_dict(),
+        "encoder_sha256": sha256_file(weights) if weights.is_file() else None,
         "best_epoch": result.best_epoch,
         "history_val_mae": result.history["val_mae"].round(5).tolist(),
         "scores_by_tta": scores,

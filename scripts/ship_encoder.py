@@ -45,7 +45,7 @@ def main() -> None:
     summary = json.loads((run / "summary.json").read_text())
     cfg = from_dict(PretrainConfig, {k: v for k, v in run_config.items() if k in PretrainConfig.__dataclass_fields__})
     log = pd.read_json(run / "log.jsonl", lines=True)
-    corpus, table = load_pretraining_corpus(progress=False, holdout=cfg.holdout)
+    corpus, table = load_pretraining_corpus(limit=cfg.corpus_limit, progress=False, holdout=cfg.holdout)
     final = log.dropna(subset=["val_loss"]).iloc[-1]
     card = {
         "preset": args.preset,
@@ -61,6 +61,7 @@ def main() -> None:
             "unique_strings": len(corpus),
             "sha256_sorted_strings": corpus_digest(corpus.index),
             "holdout": list(cfg.holdout),
+            "limit_per_source": cfg.corpus_limit,
             "files_sha256": {p.name: sha256_file(p) for p in sorted(shipped_corpus_dir().glob("corpus-*"))},
             "sources_new_unique": table["new unique"].to_dict(),
         },

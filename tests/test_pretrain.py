@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import torch
 from conftest import NACL, need
 
 from benchmarks.authors import write_authors_style_vocab
+from cloudlib import config
 from cloudlib import model as cm
 from cloudlib.engine import Encoded, encode, epoch_batches, lr_lambda
 from cloudlib.pretrain import mask_tokens, split_strings
@@ -253,8 +255,38 @@ print(hits / total)
     assert r.returncode == 0, r.stderr[-2000:]
     accuracy = float(r.stdout.strip().splitlines()[-1])
     assert accuracy > 0.6, accuracy  # an untrained model scores ~1/437; token-class guessing ~0.3
-    summary = json.loads((folder / "training_summary.json").read_text())
-    assert summary["preset"] == "laptop" and summary["config"]["model"] == "small"
+    card = json.loads((folder / "training_summary.json").read_text())
+    assert card["preset"] == "long" and card["config"] == config.preset("pretrain", "long").to_dict() | {
+        "holdout": list(card["config"]["holdout"])
+    }
+    # the card names the corpus it was trained on: the committed one, byte for byte
+    from cloudlib.corpus import load_pretraining_corpus, shipped_corpus_dir
+    from cloudlib.registry import sha256_file
+
+    corpus, _ = load_pretraining_corpus(progress=False, holdout=tuple(card["config"]["holdout"]))
+    digest = hashlib.sha256("\n".join(sorted(corpus.index)).encode()).hexdigest()
+    assert card["corpus"]["sha256_sorted_strings"] == digest and card["corpus"]["unique_strings"] == len(corpus)
+    for name, sha in card["corpus"]["files_sha256"].items():
+        assert sha256_file(shipped_corpus_dir() / name) == sha, name
+    log = pd.read_csv(folder / "log.csv")
+    assert log["step"].iloc[-1] == card["steps"] and round(log["val_loss"].iloc[-1], 4) == card["final_val_loss"]
+
+
+def test_ship_encoder_script_writes_a_complete_card(smoke_run, tmp_path):
+    dest = tmp_path / "shipped"
+    r = subprocess.run(
+        [sys.executable, "scripts/ship_encoder.py", str(smoke_run), "--dest", str(dest), "--preset", "smoke"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    card = json.loads((dest / "training_summary.json").read_text())
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert card["steps"] == summary["steps"] == 60 and card["config"]["corpus_limit"] == 150
+    assert len(card["corpus"]["sha256_sorted_strings"]) == 64 and card["corpus"]["limit_per_source"] == 150
+    assert {"config.json", "model.safetensors", "tokenizer.json", "log.csv"} <= {p.name for p in dest.iterdir()}
+    assert len(pd.read_csv(dest / "log.csv")) == len((smoke_run / "log.jsonl").read_text().splitlines())
 
 
 def test_paper_preset_runs_a_few_steps_on_cpu(tmp_path):
