@@ -29,6 +29,16 @@ from cloudlib.io import write_csv
 from cloudlib.registry import sha256_file
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def corpus_digest(strings) -> str:
     return hashlib.sha256("\n".join(sorted(strings)).encode()).hexdigest()
 
@@ -66,7 +76,7 @@ def main() -> None:
             "sources_new_unique": table["new unique"].to_dict(),
         },
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": _cpu_model(),
             "torch": torch.__version__,
             "threads": cfg.threads,
             "python": platform.python_version(),
