@@ -51,7 +51,8 @@ class _Config:
         return dataclasses.replace(self, **kw)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as JSON holds them (tuples as lists), so a saved config compares equal to the live one."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def check_fields(cls, values: dict) -> None:

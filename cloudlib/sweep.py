@@ -19,7 +19,6 @@ use processes far better than threads).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -67,9 +66,7 @@ def _same_config(run_dir: Path, pcfg) -> bool:
         config = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    # compare as JSON holds it (a tuple field such as ``holdout`` comes back as a list)
-    want = json.loads(json.dumps(dataclasses.asdict(pcfg)))
-    return all(config.get(k) == v for k, v in want.items() if k != "threads")
+    return all(config.get(k) == v for k, v in pcfg.to_dict().items() if k != "threads")
 
 
 def _finished(run_dir: Path, pcfg) -> bool:
