@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from .errors import CloudError
 
@@ -159,6 +160,40 @@ def _cmd_pretrain(args) -> int:
     return EXIT_OK
 
 
+def _offline_provenance(args, config, folds, out_dir, wall: float) -> None:
+    """``offline_<preset>_provenance.json`` beside the multi-task table: the command, the resolved config, the
+    encoder's sha256, this call's wall time and the fits' summed seconds (resumed parts keep the seconds of the
+    call that made them), the task labels and the machine."""
+    import platform
+
+    import torch
+
+    from . import paths
+    from .io import write_json
+    from .offline_data import OFFLINE_TASKS
+    from .registry import sha256_file
+
+    weights = paths.resolve(config.encoder) / "model.safetensors"
+    write_json(
+        paths.resolve(out_dir) / f"offline_{args.preset}_provenance.json",
+        {
+            "command": "python -m cloudlib " + " ".join(sys.argv[1:]),
+            "config": config.to_dict(),
+            "encoder_sha256": sha256_file(weights) if weights.is_file() else None,
+            "wall_seconds_this_call": round(wall, 1),
+            "fit_seconds_total": round(float(folds["seconds"].sum()), 1) if len(folds) else 0.0,
+            "fit_seconds_by_model": folds.groupby("model")["seconds"].sum().round(1).to_dict() if len(folds) else {},
+            "jobs": args.jobs,
+            "tasks": {
+                t: {"folds": OFFLINE_TASKS[t].folds, "note": OFFLINE_TASKS[t].note} for t in folds["task"].unique()
+            },
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        },
+        indent=1,
+    )
+
+
 def _cmd_matbench(args) -> int:
     from .config import preset
     from .matbench_run import MODELS, run_matbench, summarise
@@ -172,9 +207,10 @@ def _cmd_matbench(args) -> int:
         from .matbench_run import run_offline
 
         tasks = None if args.tasks == ["offline"] else [t.removeprefix("offline:") for t in args.tasks]
-        folds = run_offline(
-            tasks, config, models=args.models, jobs=args.jobs, out_dir=args.out or "data/multitask", name=args.preset
-        )
+        out_dir = args.out or "data/multitask"
+        t0 = time.perf_counter()
+        folds = run_offline(tasks, config, models=args.models, jobs=args.jobs, out_dir=out_dir, name=args.preset)
+        _offline_provenance(args, config, folds, out_dir, time.perf_counter() - t0)
         print(summarise(folds.assign(task=folds["task"] + " (" + folds["folds"] + ")")).round(4).to_string())
         return EXIT_OK
     out = args.out or output_dirs(args.preset)[1]

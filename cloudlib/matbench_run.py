@@ -128,6 +128,108 @@ def fit_predict(
     raise KeyError(f"unknown model {model!r}; known: {MODELS}")
 
 
+NEURAL = ("CLOUD", "CLOUD-scratch")
+
+
+def _neural_fit(model, train, test, kind, config, seed, target, export):
+    """One CLOUD / CLOUD-scratch fit (in a worker process): predictions, params, seconds; saves the fit as a
+    predictor in ``export`` when given."""
+    t0 = time.perf_counter()
+    pred, params, fitted = fit_predict(model, train, test, None, kind, config, seed=seed, progress=False, target=target)
+    if export is not None:
+        from .predictor import save_predictor
+
+        save_predictor(fitted, export)
+    return np.asarray(pred), params, time.perf_counter() - t0
+
+
+def _run_fits(items: list[dict], jobs: int, progress: bool, on_done=None) -> list[tuple]:
+    """Run ``fit_predict`` for every item (keys model, train, test, features, kind, config, seed, target and
+    optionally export) and return ``(pred, params, seconds)`` per item, in order.
+
+    With ``jobs`` > 1 the CLOUD / CLOUD-scratch fits run in ``jobs`` spawned processes with ``cores // jobs``
+    torch threads each (unless the config sets ``threads``): small encoders use processes far better than
+    threads. The baselines run here meanwhile. ``on_done(i, result)`` is called as each item finishes (resumable
+    runners write their parts there)."""
+    import os
+
+    results: list = [None] * len(items)
+
+    def done(i, res):
+        results[i] = res
+        if on_done is not None:
+            on_done(i, res)
+
+    neural = [i for i, it in enumerate(items) if it["model"] in NEURAL]
+    jobs = max(1, min(int(jobs or 1), len(neural)))
+    pool = None
+    futures = {}
+    if jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+        for i in neural:
+            it = items[i]
+            cfg = it["config"] if it["config"].threads is not None else it["config"].replace(threads=threads)
+            cols = [c for c in ("scope", "target") if c in it["train"].columns]
+            futures[
+                pool.submit(
+                    _neural_fit,
+                    it["model"],
+                    it["train"][cols],
+                    it["test"][cols],
+                    it["kind"],
+                    cfg,
+                    it["seed"],
+                    it.get("target"),
+                    it.get("export"),
+                )
+            ] = i
+    try:
+        for i, it in enumerate(items):
+            if i in futures.values():
+                continue
+            if it["model"] in NEURAL:
+                done(
+                    i,
+                    _neural_fit(
+                        it["model"],
+                        it["train"],
+                        it["test"],
+                        it["kind"],
+                        it["config"],
+                        it["seed"],
+                        it.get("target"),
+                        it.get("export"),
+                    ),
+                )
+                continue
+            t0 = time.perf_counter()
+            pred, params, _ = fit_predict(
+                it["model"],
+                it["train"],
+                it["test"],
+                it["features"],
+                it["kind"],
+                it["config"],
+                seed=it["seed"],
+                progress=progress,
+                target=it.get("target"),
+            )
+            done(i, (np.asarray(pred), params, time.perf_counter() - t0))
+        if futures:
+            from concurrent.futures import as_completed
+
+            for fut in as_completed(futures):
+                done(futures[fut], fut.result())
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return results
+
+
 def run_matbench(
     tasks=("matbench_dielectric",),
     config: FinetuneConfig | None = None,
@@ -145,7 +247,6 @@ def run_matbench(
     ``(task, fold)`` to a folder where that fold's CLOUD fit is saved as a predictor (no second fit).
     """
     from .config import preset
-    from .predictor import save_predictor
 
     config = config or preset("finetune", "laptop")
     unknown = set(models) - set(MODELS)
@@ -164,49 +265,52 @@ def run_matbench(
         kind = _kind(task)
         benches = {m: _benchmark(task, table, meta["target"]) for m in models}
         features = _magpie(task, table, models, jobs)
+        items = []
         for fold in folds:
             train_ids, test_ids = matbench_split(task, fold)
             train, test = table.loc[train_ids], table.loc[test_ids]
             for model in models:
-                t0 = time.perf_counter()
-                pred, params, fitted = fit_predict(
-                    model,
-                    train,
-                    test,
-                    features,
-                    kind,
-                    config,
-                    seed=config.seed + fold,
-                    progress=progress,
-                    target=meta["target"],
+                exp = (export or {}).get((task, fold)) if model == "CLOUD" else None
+                items.append(
+                    {
+                        "model": model,
+                        "fold": fold,
+                        "train": train,
+                        "test": test,
+                        "features": features,
+                        "kind": kind,
+                        "config": config,
+                        "seed": config.seed + fold,
+                        "target": meta["target"],
+                        "export": paths.resolve(exp).absolute() if exp is not None else None,
+                    }
                 )
-                if model == "CLOUD" and (task, fold) in (export or {}):
-                    save_predictor(fitted, paths.resolve(export[(task, fold)]).absolute())
-                seconds = time.perf_counter() - t0
-                task_obj = getattr(benches[model], task)
-                task_obj.record(fold, np.asarray(pred).tolist(), params=params or None)
-                scores = task_obj.results[f"fold_{fold}"]["scores"]
-                rows.append(
+        for it, (pred, params, seconds) in zip(items, _run_fits(items, jobs, progress)):
+            model, fold, test = it["model"], it["fold"], it["test"]
+            task_obj = getattr(benches[model], task)
+            task_obj.record(fold, np.asarray(pred).tolist(), params=params or None)
+            scores = task_obj.results[f"fold_{fold}"]["scores"]
+            rows.append(
+                {
+                    "task": task,
+                    "model": model,
+                    "fold": fold,
+                    **{k: float(v) for k, v in scores.items()},
+                    "seconds": round(seconds, 1),
+                }
+            )
+            preds.append(
+                pd.DataFrame(
                     {
                         "task": task,
                         "model": model,
                         "fold": fold,
-                        **{k: float(v) for k, v in scores.items()},
-                        "seconds": round(seconds, 1),
+                        "id": test.index,
+                        "target": test["target"].to_numpy(),
+                        "prediction": np.asarray(pred),
                     }
                 )
-                preds.append(
-                    pd.DataFrame(
-                        {
-                            "task": task,
-                            "model": model,
-                            "fold": fold,
-                            "id": test.index,
-                            "target": test["target"].to_numpy(),
-                            "prediction": np.asarray(pred),
-                        }
-                    )
-                )
+            )
         for model, mb in benches.items():
             file = f"matbench_{name}.json" if model == "CLOUD" else f"matbench_{name}_{_slug(model)}.json"
             cloud = "CLOUD" in model
@@ -245,26 +349,37 @@ def run_ood(
     groups = groups.reindex(table.index)
     features = _magpie(task, table, models, jobs)
     kind, target = _kind(task), matbench_metadata(task)["target"]
-    rows = []
+    items = []
     for name, members in groups.groupby(groups).groups.items():
         if len(members) < min_test:
             continue
         test, train = table.loc[members], table.drop(index=members)
         for model in models:
-            t0 = time.perf_counter()
-            pred, _, _ = fit_predict(
-                model, train, test, features, kind, config, seed=config.seed, progress=progress, target=target
-            )
-            err = np.abs(np.asarray(pred, dtype=float) - test["target"].to_numpy())
-            rows.append(
+            items.append(
                 {
                     "held_out": name,
                     "model": model,
-                    "n_test": len(test),
-                    "mae": float(np.nanmean(err)),
-                    "seconds": round(time.perf_counter() - t0, 1),
+                    "train": train,
+                    "test": test,
+                    "features": features,
+                    "kind": kind,
+                    "config": config,
+                    "seed": config.seed,
+                    "target": target,
                 }
             )
+    rows = []
+    for it, (pred, _, seconds) in zip(items, _run_fits(items, jobs, progress)):
+        err = np.abs(np.asarray(pred, dtype=float) - it["test"]["target"].to_numpy())
+        rows.append(
+            {
+                "held_out": it["held_out"],
+                "model": it["model"],
+                "n_test": len(it["test"]),
+                "mae": float(np.nanmean(err)),
+                "seconds": round(seconds, 1),
+            }
+        )
     return pd.DataFrame(rows, columns=["held_out", "model", "n_test", "mae", "seconds"])
 
 
@@ -470,6 +585,7 @@ def run_offline(
         lim = None if spec.folds.startswith("official") else limit  # official folds need every test id
         table = offline_task_table(task, jobs=jobs, limit=lim)
         features = None
+        items = []
         for fold, (train_ids, test_ids) in offline_task_folds(task, table.index, seed).items():
             train, test = table.loc[train_ids], table.loc[test_ids]
             for model in models:
@@ -484,29 +600,52 @@ def run_offline(
                     from .features import magpie_features
 
                     features = magpie_features(table["formula"], cache_key=f"offline_{task}_{lim}", jobs=1)
-                t0 = time.perf_counter()
-                pred, params, _ = fit_predict(
-                    model, train, test, features, "regression", config, seed=config.seed + fold, progress=progress
+                items.append(
+                    {
+                        "model": model,
+                        "fold": fold,
+                        "part": part,
+                        "train": train,
+                        "test": test,
+                        "features": features,
+                        "kind": "regression",
+                        "config": config,
+                        "seed": config.seed + fold,
+                    }
                 )
-                pred = np.asarray(pred, dtype=float)
-                err = pred - test["target"].to_numpy()
-                row = {
-                    "task": task,
-                    "model": model,
-                    "fold": fold,
-                    "folds": spec.folds,
-                    "n_train": len(train),
-                    "n_test": len(test),
-                    "mae": float(np.mean(np.abs(err))),
-                    "rmse": float(np.sqrt(np.mean(err**2))),
-                    "max_error": float(np.max(np.abs(err))),
-                    "seconds": round(time.perf_counter() - t0, 1),
-                    "parameters": params,
-                }
-                p = {"task": task, "model": model, "fold": fold, "id": list(test.index), "prediction": pred.tolist()}
-                write_json(part, {"settings": settings, "row": row, "predictions": p})
-                rows.append(row)
-                preds.append(pd.DataFrame(p))
+
+        def write_part(i, result, items=items, task=task, spec=spec):
+            it = items[i]
+            pred, params, seconds = result
+            pred = np.asarray(pred, dtype=float)
+            err = pred - it["test"]["target"].to_numpy()
+            row = {
+                "task": task,
+                "model": it["model"],
+                "fold": it["fold"],
+                "folds": spec.folds,
+                "n_train": len(it["train"]),
+                "n_test": len(it["test"]),
+                "mae": float(np.mean(np.abs(err))),
+                "rmse": float(np.sqrt(np.mean(err**2))),
+                "max_error": float(np.max(np.abs(err))),
+                "seconds": round(seconds, 1),
+                "parameters": params,
+            }
+            p = {
+                "task": task,
+                "model": it["model"],
+                "fold": it["fold"],
+                "id": list(it["test"].index),
+                "prediction": pred.tolist(),
+            }
+            write_json(it["part"], {"settings": settings, "row": row, "predictions": p})
+            rows.append(row)
+            preds.append(pd.DataFrame(p))
+
+        _run_fits(items, jobs, progress, on_done=write_part)
+    order = {m: i for i, m in enumerate(models)}
+    rows.sort(key=lambda r: (tasks.index(r["task"]), order[r["model"]], r["fold"]))
     table = pd.DataFrame(rows)
     record: dict = {
         "metadata": {

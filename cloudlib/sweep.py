@@ -73,6 +73,24 @@ def _finished(run_dir: Path, pcfg) -> bool:
     return _same_config(run_dir, pcfg) and (run_dir / "summary.json").exists() and (run_dir / "log.jsonl").exists()
 
 
+#: the files of a run that the sweep table is built from (a cache of finished runs needs only these)
+RUN_FILES = ("config.json", "summary.json", "log.jsonl")
+
+
+def _from_cache(cache: Path, run_dir: Path, pcfg) -> bool:
+    """Copy a finished run of this configuration from ``cache`` (its :data:`RUN_FILES`; no weights) into
+    ``run_dir``; False when the cache has no such run."""
+    import shutil
+
+    src = cache / run_dir.name
+    if not _finished(src, pcfg):
+        return False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        shutil.copyfile(src / name, run_dir / name)
+    return True
+
+
 def _row(run_dir: Path, model: str, size: int | None, seconds: float, reused: bool) -> dict:
     from . import model as cloud_model
 
@@ -125,11 +143,19 @@ def _n_train(strings: list[str], cfg: SweepConfig) -> int:
 
 
 def run_sweep(
-    cfg: SweepConfig, out_dir: str | os.PathLike, strings: list[str] | None = None, jobs: int = 1, progress: bool = True
+    cfg: SweepConfig,
+    out_dir: str | os.PathLike,
+    strings: list[str] | None = None,
+    jobs: int = 1,
+    progress: bool = True,
+    cache: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Train every missing (model, data size) run of ``cfg`` and return one row per run.
 
     ``strings`` defaults to the offline pre-training corpus (:func:`cloudlib.corpus.load_pretraining_corpus`).
+    ``cache``: a folder of finished runs (e.g. the committed ``data/sweep/laptop``, see :func:`ship`); a run of the
+    same configuration found there is copied into ``out_dir`` (its :data:`RUN_FILES`, without weights) and
+    reused instead of trained.
     Columns: run, model, n_layer, n_embd, N, D, steps, epochs_seen, val_loss (best), val_acc, best_step,
     val_loss_final, n_val_strings, seconds (training time of this call; 0 for reused runs), reused.
     """
@@ -152,7 +178,8 @@ def run_sweep(
     for model in cfg.models:
         for size in cfg.data_sizes:
             run_dir = out / run_name(model, size)
-            if _finished(run_dir, pretrain_config(cfg, model, size, n_train)):
+            pcfg = pretrain_config(cfg, model, size, n_train)
+            if _finished(run_dir, pcfg) or (cache is not None and _from_cache(Path(cache), run_dir, pcfg)):
                 rows.append(_row(run_dir, model, size, 0.0, reused=True))
             else:
                 todo.append((model, size, str(run_dir)))
@@ -195,18 +222,42 @@ def run_sweep(
 def corner_runs(runs: pd.DataFrame, k: int) -> pd.DataFrame:
     """The ``k`` runs of the grid that test "does a lower MLM loss give a better property model?" first: the
     corners and the centre, in the order (largest N, all data), (smallest N, all data), (largest N, least
-    data), (middle N, middle D), (smallest N, least data), (middle N, all data), (largest N, middle D)."""
+    data), (middle N, middle D), (smallest N, least data), (middle N, all data), (largest N, middle D); then the
+    rest of the two axes through (largest N, all data) (every N at the most data, every D at the largest N,
+    alternating from the far ends); then the rest of the grid."""
     ns, ds = np.sort(runs["N"].unique()), np.sort(runs["D"].unique())
     n_lo, n_mid, n_hi = ns[0], ns[len(ns) // 2], ns[-1]
     d_lo, d_mid, d_hi = ds[0], ds[len(ds) // 2], ds[-1]
     corners = [(n_hi, d_hi), (n_lo, d_hi), (n_hi, d_lo), (n_mid, d_mid), (n_lo, d_lo), (n_mid, d_hi), (n_hi, d_mid)]
+    axis_n = [(n, d_hi) for n in ns[::-1]]
+    axis_d = [(n_hi, d) for d in ds[::-1]]
+    axes = [p for pair in zip(axis_n[::-1], axis_d[::-1]) for p in pair]
+    axes += axis_n[len(axis_d) :] + axis_d[len(axis_n) :]
+    rest = [(n, d) for n in ns for d in ds]
     picks, seen = [], set()
-    for n, d in corners:
+    for n, d in corners + axes + rest:
         sel = runs[(runs["N"] == n) & (runs["D"] == d)]
         if len(sel) and sel.index[0] not in seen:
             seen.add(sel.index[0])
-            picks.append(sel)
-    return pd.concat(picks).head(k) if picks else runs.head(0)
+            picks.append(sel.head(1))
+        if len(picks) >= k:
+            break
+    return pd.concat(picks) if picks else runs.head(0)
+
+
+def _downstream_key(config: FinetuneConfig, train: pd.DataFrame, test: pd.DataFrame, target: str) -> dict:
+    """What a downstream score depends on besides the encoder: the fine-tuning config (threads aside) and the
+    rows (sha256 of the training and test strings and targets)."""
+    import hashlib
+
+    def digest(df: pd.DataFrame) -> str:
+        h = hashlib.sha256()
+        for s, y in zip(df["scope"], df[target]):
+            h.update(f"{s}\t{float(y)!r}\n".encode())
+        return h.hexdigest()
+
+    cfg = {k: v for k, v in config.replace(encoder="").to_dict().items() if k != "threads"}
+    return {"config": cfg, "target": target, "train_sha256": digest(train), "test_sha256": digest(test)}
 
 
 def downstream(
@@ -216,15 +267,40 @@ def downstream(
     train: pd.DataFrame,
     test: pd.DataFrame,
     target: str = "n",
+    cache: str | os.PathLike | None = None,
 ) -> tuple[pd.DataFrame, float]:
     """Fine-tune each picked run's encoder (``config`` with its ``encoder`` set to the run's model) on ``train``
     (columns scope, ``target``) and score it on ``test``. Returns one row per run (run, N, D, val_loss,
-    downstream_mae, seconds) and the Spearman correlation of MLM loss and MAE (NaN with fewer than 3 runs)."""
+    downstream_mae, seconds, reused) and the Spearman correlation of MLM loss and MAE (NaN with fewer than 3 runs).
+
+    ``cache``: a folder with ``downstream.csv`` and ``downstream.json`` (:func:`ship`); a run scored there with
+    the same fine-tuning config and rows (:func:`_downstream_key`) and the same MLM loss is reused, not re-fitted.
+    Raises :class:`~cloudlib.errors.CloudError` when a run must be fitted but its weights are not there (a run
+    copied from a cache has none)."""
+    from .errors import CloudError
     from .finetune import fit, predict_strings
 
+    key = _downstream_key(config, train, test, target)
+    cached: dict[str, dict] = {}
+    if cache is not None and (Path(cache) / "downstream.json").is_file():
+        if json.loads((Path(cache) / "downstream.json").read_text()) == key:
+            cached = {r["run"]: r for r in pd.read_csv(Path(cache) / "downstream.csv").to_dict(orient="records")}
     rows = []
     for _, r in picks.iterrows():
-        cfg = config.replace(pretrained=True, encoder=str(Path(sweep_dir) / r["run"] / "model"))
+        hit = cached.get(r["run"])
+        if hit is not None and abs(float(hit["val_loss"]) - float(r["val_loss"])) < 1e-9:
+            rows.append(
+                {**{k: hit[k] for k in ("run", "N", "D", "val_loss", "downstream_mae", "seconds")}, "reused": True}
+            )
+            continue
+        encoder = Path(sweep_dir) / r["run"] / "model"
+        if not (encoder / "config.json").is_file():
+            raise CloudError(
+                f"run {r['run']}: no encoder weights in {encoder} to fine-tune (runs taken from a cache carry "
+                "none); re-run the sweep without the cache, or with the fine-tuning settings the cache was made with",
+                str(encoder),
+            )
+        cfg = config.replace(pretrained=True, encoder=str(encoder))
         t0 = time.perf_counter()
         res = fit(list(train["scope"]), train[target].to_numpy(), cfg, progress=False, target_name=target)
         mae = float(np.mean(np.abs(predict_strings(res, list(test["scope"])) - test[target].to_numpy())))
@@ -236,12 +312,42 @@ def downstream(
                 "val_loss": r["val_loss"],
                 "downstream_mae": mae,
                 "seconds": round(time.perf_counter() - t0, 1),
+                "reused": False,
             }
         )
-    table = pd.DataFrame(rows, columns=["run", "N", "D", "val_loss", "downstream_mae", "seconds"])
+    table = pd.DataFrame(rows, columns=["run", "N", "D", "val_loss", "downstream_mae", "seconds", "reused"])
     rho = (
         float(table[["val_loss", "downstream_mae"]].corr(method="spearman").iloc[0, 1])
         if len(table) > 2
         else float("nan")
     )
     return table, rho
+
+
+def ship(
+    runs: pd.DataFrame,
+    sweep_dir: str | os.PathLike,
+    dest: str | os.PathLike,
+    down: pd.DataFrame | None = None,
+    down_key: dict | None = None,
+    provenance: dict | None = None,
+) -> Path:
+    """Write a sweep as data: each run's :data:`RUN_FILES` (no weights) under ``dest/<run>/``, ``runs.csv``,
+    the downstream table and its key (``downstream.csv`` / ``downstream.json``) and ``provenance.json``;
+    :func:`run_sweep` and :func:`downstream` reuse them through their ``cache`` argument."""
+    import shutil
+
+    from .io import write_csv, write_json
+
+    dest = Path(dest)
+    for run in runs["run"]:
+        (dest / run).mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            shutil.copyfile(Path(sweep_dir) / run / name, dest / run / name)
+    write_csv(dest / "runs.csv", runs, index=False)
+    if down is not None and down_key is not None:
+        write_csv(dest / "downstream.csv", down.drop(columns=["reused"], errors="ignore"), index=False)
+        write_json(dest / "downstream.json", down_key)
+    if provenance is not None:
+        write_json(dest / "provenance.json", provenance)
+    return dest

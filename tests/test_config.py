@@ -34,9 +34,10 @@ def test_every_step_has_the_three_presets_of_its_class():
 
 
 def test_preset_returns_a_copy_with_checked_overrides():
-    cfg = config.preset("finetune", "laptop", epochs=20, patience=6)
-    assert (cfg.epochs, cfg.patience) == (20, 6)
-    assert config.PRESETS["finetune"]["laptop"].epochs == 6  # the preset itself is untouched
+    cfg = config.preset("finetune", "laptop", epochs=8, patience=None)
+    assert (cfg.epochs, cfg.patience) == (8, None)
+    assert config.PRESETS["finetune"]["laptop"].epochs == 20  # the preset itself is untouched
+    assert config.PRESETS["finetune"]["laptop"].patience == 6
     with pytest.raises(ConfigError, match="epoks"):
         config.preset("finetune", "laptop", epoks=20)
     with pytest.raises(ConfigError, match="presets"):

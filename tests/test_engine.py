@@ -167,6 +167,21 @@ def test_precision_resolves_to_bf16_only_where_the_hardware_has_it(monkeypatch):
         assert (a @ b).dtype == torch.float32
 
 
+def test_bf16_on_a_cpu_without_bf16_units_warns_once(monkeypatch):
+    """Explicit bf16 on a CPU without bf16 units is emulated (~50x slower matrix products): say so, once."""
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: False)
+    engine._warn_emulated_bf16.cache_clear()
+    with pytest.warns(RuntimeWarning, match="emulated"):
+        assert engine.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine.resolve_precision("bf16", torch.device("cpu"))  # once per process, not at every step
+        assert engine.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    engine._warn_emulated_bf16.cache_clear()
+
+
 def test_heads_stay_float32_under_bf16_autocast():
     """The encoder's matrix products run in bf16; the head runs in fp32 on the [CLS] state, so its outputs are
     not rounded to bf16's 8 bits (the head alone under autocast would give bf16)."""

@@ -62,19 +62,23 @@ def test_results_file_rescored_by_matbench(tmp_path, truth):
 
 
 def test_cloud_fold_exported_as_the_predictor_it_recorded(tmp_path, truth):
-    """One fold of CLOUD and CLOUD-scratch (1 epoch): the exported predictor reproduces the recorded predictions,
-    knows its target, records the encoder relative to the repository, and the configs say what was pre-trained."""
+    """One fold of CLOUD and CLOUD-scratch (1 epoch), fitted side by side in two worker processes (``jobs=2``, as
+    the laptop job runs): the predictor exported by its worker reproduces the recorded predictions, knows its
+    target, records the encoder relative to the repository, and the configs say what was pre-trained."""
     cfg = preset("finetune", "smoke", epochs=1, batch_size=64)
     folds = mr.run_matbench(
         [DIELECTRIC],
         cfg,
-        models=("CLOUD", "CLOUD-scratch"),
+        models=("CLOUD", "CLOUD-scratch", "Dummy"),
         folds=[0],
+        jobs=2,
         out_dir=tmp_path,
         name="smoke",
         progress=False,
         export={(DIELECTRIC, 0): tmp_path / "exported"},
     )
+    assert list(folds["model"]) == ["CLOUD", "CLOUD-scratch", "Dummy"]  # the recorded order, not finishing order
+    folds = folds[folds["model"] != "Dummy"]
     preds = pd.read_csv(tmp_path / "matbench_smoke_predictions.csv.gz")
     cloud = preds[preds["model"] == "CLOUD"]
     table = mr.task_table(DIELECTRIC)

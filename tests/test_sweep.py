@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import need
 
 from cloudlib import model as cloud_model
+from cloudlib import sweep
 from cloudlib.config import PRESETS, SweepConfig
+from cloudlib.errors import CloudError
 from cloudlib.sweep import pretrain_config, run_name, run_sweep
 from cloudlib.tokenizer import make_tokenizer
 
@@ -88,3 +91,56 @@ def test_data_size_beyond_the_split_is_an_error(strings, tmp_path):
     cfg = SweepConfig(models=("L1xD16",), data_sizes=(10_000,), min_steps=2)
     with pytest.raises(ValueError, match="10000"):
         run_sweep(cfg, tmp_path, strings=strings, progress=False)
+
+
+def test_shipped_sweep_is_reused_without_weights_and_downstream_from_its_key(strings, tmp_path):
+    """A sweep shipped as data (config / summary / log, no weights) is reused run for run by another output
+    folder; the downstream scores are reused only for the same fine-tuning config and rows, and a run that must
+    be fine-tuned without weights is a named error."""
+    from cloudlib.config import preset
+
+    cfg = SweepConfig(
+        models=("L1xD16", "L1xD24"),
+        data_sizes=(100, None),
+        epochs=1,
+        min_steps=4,
+        batch_size=16,
+        evals=1,
+        eval_max_strings=32,
+    )
+    runs = run_sweep(cfg, tmp_path / "work", strings=strings, progress=False)
+    df = pd.DataFrame({"scope": strings[:60], "n": [1.5 + 0.01 * i for i in range(60)]})
+    train, test = df.head(40), df.tail(20)
+    ft = preset("finetune", "smoke", epochs=1, encoder="tiny")
+    picks = sweep.corner_runs(runs, 3)
+    down, _ = sweep.downstream(picks, tmp_path / "work", ft, train, test)
+    assert not down["reused"].any() and down["downstream_mae"].notna().all()
+    key = sweep._downstream_key(ft, train, test, "n")
+    shipped = sweep.ship(runs, tmp_path / "work", tmp_path / "data", down=down, down_key=key, provenance={"x": 1})
+    assert not list(shipped.rglob("*.safetensors")) and (shipped / "runs.csv").is_file()
+
+    again = run_sweep(cfg, tmp_path / "fresh", strings=strings, progress=False, cache=shipped)
+    assert again["reused"].all()
+    pd.testing.assert_series_equal(again["val_loss"], runs["val_loss"])
+    down2, _ = sweep.downstream(picks, tmp_path / "fresh", ft, train, test, cache=shipped)
+    assert down2["reused"].all()
+    np.testing.assert_allclose(down2["downstream_mae"], down["downstream_mae"], rtol=1e-12)  # CSV round trip
+    with pytest.raises(CloudError, match="no encoder weights"):  # other settings: must fit, and cannot
+        sweep.downstream(picks, tmp_path / "fresh", ft.replace(epochs=2), train, test, cache=shipped)
+    with pytest.raises(CloudError, match="no encoder weights"):  # other rows
+        sweep.downstream(picks, tmp_path / "fresh", ft, train.head(30), test, cache=shipped)
+
+
+def test_corner_runs_cover_the_corners_then_both_axes():
+    ns, ds = [10, 20, 40, 80], [100, 200, 400]
+    runs = pd.DataFrame([{"run": f"{n}_{d}", "N": n, "D": d, "val_loss": 1.0} for n in ns for d in ds])
+    picks = sweep.corner_runs(runs, 100)
+    assert len(picks) == len(runs) and picks["run"].is_unique
+    first = list(zip(picks["N"], picks["D"]))
+    assert first[:3] == [(80, 400), (10, 400), (80, 100)]
+    axes = {(n, 400) for n in ns} | {(80, d) for d in ds}
+    k = len({(80, 400), (10, 400), (80, 100), (40, 200), (10, 100), (40, 400), (80, 200)}) + len(
+        axes - {(80, 400), (10, 400), (80, 100), (40, 400), (80, 200)}
+    )
+    assert axes <= set(first[:k])  # corners and centre, then the rest of both axes, before the rest of the grid
+    assert len(sweep.corner_runs(runs, 5)) == 5
