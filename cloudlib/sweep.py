@@ -245,7 +245,7 @@ def corner_runs(runs: pd.DataFrame, k: int) -> pd.DataFrame:
     return pd.concat(picks) if picks else runs.head(0)
 
 
-def _downstream_key(config: FinetuneConfig, train: pd.DataFrame, test: pd.DataFrame, target: str) -> dict:
+def downstream_key(config: FinetuneConfig, train: pd.DataFrame, test: pd.DataFrame, target: str) -> dict:
     """What a downstream score depends on besides the encoder: the fine-tuning config (threads aside) and the
     rows (sha256 of the training and test strings and targets)."""
     import hashlib
@@ -274,13 +274,13 @@ def downstream(
     downstream_mae, seconds, reused) and the Spearman correlation of MLM loss and MAE (NaN with fewer than 3 runs).
 
     ``cache``: a folder with ``downstream.csv`` and ``downstream.json`` (:func:`ship`); a run scored there with
-    the same fine-tuning config and rows (:func:`_downstream_key`) and the same MLM loss is reused, not re-fitted.
+    the same fine-tuning config and rows (:func:`downstream_key`) and the same MLM loss is reused, not re-fitted.
     Raises :class:`~cloudlib.errors.CloudError` when a run must be fitted but its weights are not there (a run
     copied from a cache has none)."""
     from .errors import CloudError
     from .finetune import fit, predict_strings
 
-    key = _downstream_key(config, train, test, target)
+    key = downstream_key(config, train, test, target)
     cached: dict[str, dict] = {}
     if cache is not None and (Path(cache) / "downstream.json").is_file():
         if json.loads((Path(cache) / "downstream.json").read_text()) == key:

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         "sweep_config": cfg.to_dict(),
         "corpus_strings": len(strings),
         "corpus_strings_sha256": corpus_sha,
-        "downstream_key": sweep._downstream_key(ft, train, test, "n"),
+        "downstream_key": sweep.downstream_key(ft, train, test, "n"),
         "downstream_points": int(params["downstream_points"]),
         "spearman_loss_vs_mae": rho,
         "sweep_wall_seconds": round(sweep_wall, 1),
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         args.work,
         args.dest,
         down=down,
-        down_key=sweep._downstream_key(ft, train, test, "n"),
+        down_key=sweep.downstream_key(ft, train, test, "n"),
         provenance=provenance,
     )
     print(f"sweep {sweep_wall:.0f} s, downstream {down_wall:.0f} s -> {dest}")

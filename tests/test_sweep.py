@@ -115,7 +115,7 @@ def test_shipped_sweep_is_reused_without_weights_and_downstream_from_its_key(str
     picks = sweep.corner_runs(runs, 3)
     down, _ = sweep.downstream(picks, tmp_path / "work", ft, train, test)
     assert not down["reused"].any() and down["downstream_mae"].notna().all()
-    key = sweep._downstream_key(ft, train, test, "n")
+    key = sweep.downstream_key(ft, train, test, "n")
     shipped = sweep.ship(runs, tmp_path / "work", tmp_path / "data", down=down, down_key=key, provenance={"x": 1})
     assert not list(shipped.rglob("*.safetensors")) and (shipped / "runs.csv").is_file()
 
@@ -144,3 +144,38 @@ def test_corner_runs_cover_the_corners_then_both_axes():
     )
     assert axes <= set(first[:k])  # corners and centre, then the rest of both axes, before the rest of the grid
     assert len(sweep.corner_runs(runs, 5)) == 5
+
+
+def test_committed_laptop_sweep_serves_the_main_job_without_training(tmp_path, monkeypatch):
+    """The laptop main job reads notebook 04's whole grid and its downstream fine-tunes from data/sweep/laptop:
+    a preset or params change that no longer matches the committed runs would silently cost ~40 minutes of
+    training inside the 45-minute job, so every run and every downstream score must come from the cache."""
+    import yaml
+    from conftest import need_call
+
+    from cloudlib import config, paths
+    from cloudlib.corpus import load_pretraining_corpus
+    from cloudlib.matbench_data import load_paper_dielectric_scope
+
+    cache = paths.repo_root() / "data" / "sweep" / "laptop"
+    params = yaml.safe_load((paths.repo_root() / "params" / "laptop.yaml").read_text())["04_scaling"]
+    assert params["sweep_cache"] == "data/sweep/laptop"
+    cfg = config.preset("sweep", params["preset"])
+    corpus, _ = need_call(load_pretraining_corpus, limit=cfg.corpus_limit, progress=False)
+
+    def no_training(*a, **k):
+        raise AssertionError("the committed sweep lacks a run of the laptop preset")
+
+    monkeypatch.setattr(sweep, "_train_one", no_training)
+    runs = run_sweep(cfg, tmp_path / "sweep", strings=list(corpus.index), jobs=1, progress=False, cache=cache)
+    assert len(runs) == len(cfg.models) * len(cfg.data_sizes) and runs["reused"].all()
+    spans = np.log10(runs[["N", "D"]].max() / runs[["N", "D"]].min())
+    assert (spans >= 2.0).all(), spans  # issue 11: N and D each span two decades
+
+    split = need_call(load_paper_dielectric_scope)
+    train, test = split[split["split"] == "train_and_val"], split[split["split"] == "test"]
+    ft = config.preset("finetune", params["finetune_preset"], **(params.get("downstream_overrides") or {}))
+    monkeypatch.setattr("cloudlib.finetune.fit", no_training)
+    picks = sweep.corner_runs(runs, int(params["downstream_points"]))
+    down, rho = sweep.downstream(picks, tmp_path / "sweep", ft, train, test, cache=cache)
+    assert len(down) == params["downstream_points"] and down["reused"].all() and np.isfinite(rho)
