@@ -163,7 +163,8 @@ def _cmd_pretrain(args) -> int:
 def _offline_provenance(args, config, folds, out_dir, wall: float) -> None:
     """``offline_<preset>_provenance.json`` beside the multi-task table: the command, the resolved config, the
     encoder's sha256, this call's wall time and the fits' summed seconds (resumed parts keep the seconds of the
-    call that made them), the task labels and the machine."""
+    call that made them), whether the table is complete (and the fits it still lacks), the task labels and the
+    machine."""
     import platform
 
     import torch
@@ -183,9 +184,12 @@ def _offline_provenance(args, config, folds, out_dir, wall: float) -> None:
             "wall_seconds_this_call": round(wall, 1),
             "fit_seconds_total": round(float(folds["seconds"].sum()), 1) if len(folds) else 0.0,
             "fit_seconds_by_model": folds.groupby("model")["seconds"].sum().round(1).to_dict() if len(folds) else {},
+            "complete": not folds.attrs.get("missing"),
+            "missing_fits": folds.attrs.get("missing", []),
             "jobs": args.jobs,
             "tasks": {
-                t: {"folds": OFFLINE_TASKS[t].folds, "note": OFFLINE_TASKS[t].note} for t in folds["task"].unique()
+                t: {"folds": OFFLINE_TASKS[t].folds, "note": OFFLINE_TASKS[t].note}
+                for t in (folds["task"].unique() if len(folds) else [])
             },
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
             "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -209,9 +213,23 @@ def _cmd_matbench(args) -> int:
         tasks = None if args.tasks == ["offline"] else [t.removeprefix("offline:") for t in args.tasks]
         out_dir = args.out or "data/multitask"
         t0 = time.perf_counter()
-        folds = run_offline(tasks, config, models=args.models, jobs=args.jobs, out_dir=out_dir, name=args.preset)
+        folds = run_offline(
+            tasks,
+            config,
+            models=args.models,
+            jobs=args.jobs,
+            out_dir=out_dir,
+            name=args.preset,
+            fit_missing=not args.collect,
+        )
         _offline_provenance(args, config, folds, out_dir, time.perf_counter() - t0)
-        print(summarise(folds.assign(task=folds["task"] + " (" + folds["folds"] + ")")).round(4).to_string())
+        if len(folds):
+            print(summarise(folds.assign(task=folds["task"] + " (" + folds["folds"] + ")")).round(4).to_string())
+        missing = folds.attrs.get("missing", [])
+        if missing:
+            print(
+                f"partial table: {len(missing)} fits not made yet (run without --collect to make them)", file=sys.stderr
+            )
         return EXIT_OK
     out = args.out or output_dirs(args.preset)[1]
     folds = run_matbench(
@@ -300,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--out", default=None, help="results folder (default: results/, or results/smoke for smoke)")
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="offline table only: train nothing; write the table from the finished fits (parts), listing the missing",
+    )
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_matbench)
 

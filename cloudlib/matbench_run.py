@@ -550,12 +550,16 @@ def run_offline(
     progress: bool = True,
     limit: int | None = None,
     seed: int = 0,
+    fit_missing: bool = True,
 ) -> pd.DataFrame:
     """The multi-task table (the paper's Figure 2, offline): every task of ``OFFLINE_TASKS`` (or ``tasks``) x
     ``models``, each on its folds (official, official-partial or seeded 5-fold; each task keeps its label).
 
     Resumable: every (task, model, fold) is written to ``out_dir/parts/`` when done and skipped on a rerun
-    with the same settings. Writes ``offline_<name>_folds.csv`` (task, model, fold, folds label, n_train,
+    with the same settings (the laptop parts are committed, so the table can be made over several sittings).
+    ``fit_missing=False`` trains nothing and writes the table from the finished parts alone; the fits still missing
+    are listed in the record's ``metadata.missing`` (``metadata.complete`` is False) and in the returned
+    table's ``attrs["missing"]``. Writes ``offline_<name>_folds.csv`` (task, model, fold, folds label, n_train,
     n_test, mae, rmse, max_error, seconds), ``offline_<name>_predictions.csv.gz`` and ``offline_<name>.json`` in
     matbench's record layout (``tasks -> task -> model -> fold_i -> {scores, parameters}``) with each task's
     label and the resolved config. ``limit`` takes the first N rows of each seeded task (smoke runs; official
@@ -579,7 +583,7 @@ def run_offline(
     parts = out / "parts" / name
     parts.mkdir(parents=True, exist_ok=True)
     settings = json.dumps({"config": config.to_dict(), "limit": limit, "seed": seed}, sort_keys=True)
-    rows, preds = [], []
+    rows, preds, missing = [], [], []
     for task in tasks:
         spec = OFFLINE_TASKS[task]
         lim = None if spec.folds.startswith("official") else limit  # official folds need every test id
@@ -596,6 +600,9 @@ def run_offline(
                         rows.append(done["row"])
                         preds.append(pd.DataFrame(done["predictions"]))
                         continue
+                if not fit_missing:
+                    missing.append(f"{task}/{model}/fold{fold}")
+                    continue
                 if model == "RF-Magpie" and features is None:
                     from .features import magpie_features
 
@@ -643,7 +650,8 @@ def run_offline(
             rows.append(row)
             preds.append(pd.DataFrame(p))
 
-        _run_fits(items, jobs, progress, on_done=write_part)
+        if items:
+            _run_fits(items, jobs, progress, on_done=write_part)
     order = {m: i for i, m in enumerate(models)}
     rows.sort(key=lambda r: (tasks.index(r["task"]), order[r["model"]], r["fold"]))
     table = pd.DataFrame(rows)
@@ -653,6 +661,8 @@ def run_offline(
             "config": config.to_dict(),
             "seed": seed,
             "limit": limit,
+            "complete": not missing,
+            "missing": missing,
             "labels": {
                 t: {"folds": OFFLINE_TASKS[t].folds, "unit": OFFLINE_TASKS[t].unit, "note": OFFLINE_TASKS[t].note}
                 for t in tasks
@@ -675,4 +685,6 @@ def run_offline(
     if len(table):
         write_csv(out / f"offline_{name}_folds.csv", table.drop(columns=["parameters"]), index=False)
         write_csv(out / f"offline_{name}_predictions.csv.gz", pd.concat(preds), index=False)
-    return table.drop(columns=["parameters"]) if len(table) else table
+    table = table.drop(columns=["parameters"]) if len(table) else table
+    table.attrs["missing"] = missing
+    return table

@@ -204,3 +204,22 @@ def test_offline_multitask_table_labels_resume_and_record(tmp_path, monkeypatch)
     monkeypatch.setattr(mr, "fit_predict", lambda *a, **k: pytest.fail("refitted a finished fold"))
     again = mr.run_offline(tasks, cfg, **kw)
     pd.testing.assert_frame_equal(again, table)
+    assert again.attrs["missing"] == [] and record["metadata"]["complete"] is True
+    # collect mode: with two parts gone, the table is written from what is there and names what is missing
+    for part in ("matbench_jdft2d__cloud__fold3.json", "jarvis_supercon_tc__dummy__fold0.json"):
+        (tmp_path / "mt" / "parts" / "t" / part).unlink()
+    partial = mr.run_offline(tasks, cfg, fit_missing=False, **kw)
+    assert partial.attrs["missing"] == ["matbench_jdft2d/CLOUD/fold3", "jarvis_supercon_tc/Dummy/fold0"]
+    assert len(partial) == len(table) - 2
+    pd.testing.assert_frame_equal(
+        partial.reset_index(drop=True),
+        table.drop(
+            table[
+                ((table["task"] == "matbench_jdft2d") & (table["model"] == "CLOUD") & (table["fold"] == 3))
+                | ((table["task"] == "jarvis_supercon_tc") & (table["model"] == "Dummy") & (table["fold"] == 0))
+            ].index
+        ).reset_index(drop=True),
+    )
+    record = json.loads((tmp_path / "mt" / "offline_t.json").read_text())
+    assert record["metadata"]["complete"] is False and len(record["metadata"]["missing"]) == 2
+    assert "fold_0" not in record["tasks"]["jarvis_supercon_tc"]["Dummy"]
