@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     down, rho = sweep.downstream(picks, args.work, ft, train, test)
     down_wall = time.perf_counter() - t1
+    down_key = sweep.downstream_key(ft, train, test, "n")
     print(down.to_string(index=False))
     print(f"Spearman(MLM loss, MAE) = {rho:.3f}")
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         "sweep_config": cfg.to_dict(),
         "corpus_strings": len(strings),
         "corpus_strings_sha256": corpus_sha,
-        "downstream_key": sweep.downstream_key(ft, train, test, "n"),
+        "downstream_key": down_key,
         "downstream_points": int(params["downstream_points"]),
         "spearman_loss_vs_mae": rho,
         "sweep_wall_seconds": round(sweep_wall, 1),
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         args.work,
         args.dest,
         down=down,
-        down_key=sweep.downstream_key(ft, train, test, "n"),
+        down_key=down_key,
         provenance=provenance,
     )
     print(f"sweep {sweep_wall:.0f} s, downstream {down_wall:.0f} s -> {dest}")
