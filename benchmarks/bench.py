@@ -3,6 +3,7 @@
     python -m benchmarks scope [--n 1000] [--repeats 3]      # SCOPE + tokenizer
     python -m benchmarks tokenizer [--n 10000]
     python -m benchmarks pretrain [--model mini] [--batch-size 128] [--steps 20] [--repeats 3]
+    python -m benchmarks overlap [--sizes 8000 64000]            # overlapping-atoms check: memory, time
 
 (from the repository root; the benchmarks are not part of the installed package).
 
@@ -477,8 +478,15 @@ def _print(title: str, result: dict) -> None:
 
 
 def main(argv=None) -> int:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["overlap"]:  # its own options: see benchmarks/overlap.py
+        from benchmarks.overlap import main as overlap_main
+
+        return overlap_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["scope", "tokenizer", "pretrain"])
+    p.add_argument("what", choices=["scope", "tokenizer", "pretrain", "overlap"])
     p.add_argument("--n", type=int, default=None, help="structures (scope, default 1000) or strings (tokenizer, 10000)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", help="also write the results here")

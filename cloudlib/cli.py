@@ -1,4 +1,4 @@
-"""Command line: ``python -m cloudlib {scope,predict,corpus,data,config,run,pretrain,matbench,harvest} ...``.
+"""Command line: ``python -m cloudlib {scope,predict,explorer,corpus,data,config,run,pretrain,matbench,harvest} ...``.
 
 This module only parses arguments, calls the library and turns its results and errors into output and exit
 codes; it holds no logic of its own and nothing in the library imports it.
@@ -31,33 +31,119 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _report_rows(df, output, id_col=None, verb="ok") -> int:
+def _report_rows(df, output, id_col=None, verb="ok", skipped: str = "") -> int:
+    from .inputs import printable
+
     failed = df[df["error"].notna()]
     print(f"{len(df)} structures -> {output}: {len(df) - len(failed)} {verb}, {len(failed)} failed", file=sys.stderr)
+    if skipped:
+        print(f"  ({skipped})", file=sys.stderr)
     ids = failed[id_col] if id_col else failed.index
     for i, err in zip(list(ids)[:20], failed["error"].head(20)):
-        print(f"  {i}: {err}", file=sys.stderr)
+        print(f"  {printable(i)}: {printable(err)}", file=sys.stderr)
+    if len(failed) > 20:
+        print(f"  ... and {len(failed) - 20} more (see the error column of {output})", file=sys.stderr)
     return EXIT_ROWS_FAILED if len(failed) else EXIT_OK
+
+
+def _check_output(output) -> None:
+    """Refuse an output path that cannot be written *before* any work is done."""
+    from pathlib import Path
+
+    p = Path(output)
+    if p.is_dir():
+        raise UsageError(f"-o {output}: is a folder; give a file name, e.g. {p / 'out.csv'}")
+    parent = p.parent if str(p.parent) else Path(".")
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"-o {output}: cannot create files in {parent}")
+
+
+class OutputError(CloudError):
+    """The results could not be written where asked; the message says where they went instead."""
+
+
+def _write_rows(df, output, **kw) -> None:
+    """Write the result table; if that fails (disk full, permissions), never lose the computed rows: write them
+    to a recovery file in the temp folder (or, failing that too, to stdout) and raise :class:`OutputError` naming
+    where they are."""
+    import tempfile
+    from pathlib import Path
+
+    from .io import write_csv
+
+    try:
+        write_csv(output, df, **kw)
+        return
+    except OSError as exc:
+        why = f"{type(exc).__name__}: {exc.strerror or exc}"
+    name = Path(output).name or "results.csv"
+    recovery = Path(tempfile.gettempdir()) / f"cloudlib-unsaved-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{name}"
+    try:
+        write_csv(recovery, df, **kw)
+        where = str(recovery)
+    except OSError:
+        df.to_csv(sys.stdout, **{"errors": "backslashreplace", **kw})
+        where = "stdout (above)"
+    raise OutputError(f"could not write the results ({why}); all {len(df)} rows were saved to {where}", output)
 
 
 def _cmd_scope(args) -> int:
     from .inputs import read_inputs
-    from .io import write_csv
     from .scope import scope_table
 
-    df = scope_table(read_inputs(args.input), variant=args.variant, jobs=args.jobs, progress=not args.quiet)
-    write_csv(args.output, df)
-    return _report_rows(df, args.output)
+    _check_output(args.output)
+    items = read_inputs(args.input)
+    df = scope_table(items, variant=args.variant, jobs=args.jobs, progress=not args.quiet)
+    _write_rows(df, args.output)
+    return _report_rows(df, args.output, skipped=items.skipped_text())
 
 
 def _cmd_predict(args) -> int:
-    from .io import write_csv
+    from .cloud_debye import is_debye_folder
+    from .inputs import read_inputs
     from .predictor import load_predictor, predict
 
-    model = load_predictor(args.model)
-    df = predict(args.input, model=model, jobs=args.jobs, progress=not args.quiet)
-    write_csv(args.output, df, index=False)
-    return _report_rows(df, args.output, id_col="id", verb="predicted")
+    _check_output(args.output)
+    debye = is_debye_folder(args.model)
+    if not debye and (args.temperatures is not None or args.n_atoms is not None):
+        raise UsageError(
+            f"--model {args.model} is not a CLOUD-DEBYE model; --temperatures / --n-atoms apply to CLOUD-DEBYE "
+            "models (e.g. models/cloud-debye-laptop)"
+        )
+    if debye:
+        from .cloud_debye import load_debye, parse_temperatures
+
+        temperatures = parse_temperatures("300" if args.temperatures is None else args.temperatures)
+        model = load_debye(args.model)
+    else:
+        temperatures, model = None, load_predictor(args.model)
+    items = read_inputs(args.input)
+    df = predict(
+        items,
+        model=model,
+        jobs=args.jobs,
+        progress=not args.quiet,
+        temperatures=temperatures,
+        n_atoms=args.n_atoms,
+        layout=args.layout,
+    )
+    _write_rows(df, args.output, index=False)
+    per_input = df.drop_duplicates("id") if args.layout == "long" else df
+    return _report_rows(per_input, args.output, id_col="id", verb="predicted", skipped=items.skipped_text())
+
+
+def _cmd_explorer(args) -> int:
+    from .inputs import read_inputs
+    from .predictor import explore
+
+    _check_output(args.output)
+    items = read_inputs(args.input)
+    page, df = explore(
+        items, args.output, model=args.model, references=args.references, jobs=args.jobs, progress=not args.quiet
+    )
+    return _report_rows(df, page, id_col="id", verb="on the page", skipped=items.skipped_text())
 
 
 def _cmd_corpus(args) -> int:
@@ -84,6 +170,9 @@ def _cmd_data(args) -> int:
         print(registry_table()[["source", "licence"]].to_string())
         return EXIT_OK
     names = list(REGISTRY) if args.names == ["all"] else args.names
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:  # a usage error (exit 1), not a failed fetch (exit 2)
+        raise UsageError(f"unknown dataset {', '.join(map(repr, unknown))}; 'python -m cloudlib data list' lists them")
     bad = 0
     for n in names:
         try:
@@ -109,20 +198,30 @@ def _cmd_config(args) -> int:
 def _cmd_run(args) -> int:
     from .runner import run
 
-    report = run(args.profile, only=args.only)
-    print(json.dumps(report, indent=2))
+    run(args.profile, only=args.only, resume=args.resume)
     return EXIT_OK
 
 
 def _cmd_harvest(args) -> int:
-    from .harvest import harvest
+    from .harvest import harvest, structures_url
 
+    try:
+        structures_url(args.base_url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.timeout > 0:  # also NaN
+        raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
+    if min(args.retries, args.max_pages or 0, args.max_structures or 0) < 0:
+        raise UsageError("--retries, --max-pages and --max-structures must be >= 0")
     df = harvest(
         args.base_url,
         args.out_dir,
         filter=args.filter,
         max_structures=args.max_structures,
+        max_pages=args.max_pages,
         variant=args.variant,
+        timeout=args.timeout,
+        retries=args.retries,
         progress=not args.quiet,
     )
     failed = int(df["error"].fillna("").astype(str).str.len().gt(0).sum())
@@ -254,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .paths import PROFILES
 
     parser = _Parser(prog="python -m cloudlib", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     structures = "a CIF/structure file, a folder of CIFs, or a .json/.json.gz of structures"
 
@@ -265,13 +365,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_scope)
 
-    p = sub.add_parser("predict", help="predict a property for structure files with a fine-tuned model -> CSV")
+    p = sub.add_parser(
+        "predict", help="predict a property (or CLOUD-DEBYE Θ, Cv, U, S, F) for structure files with a model -> CSV"
+    )
     p.add_argument("input", help=structures)
     p.add_argument("--model", default="models/cloud-dielectric-laptop", help="predictor folder (save_predictor)")
     p.add_argument("-o", "--output", required=True, help="output CSV (id, scope, prediction, error)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes for SCOPE (0 = all cores)")
+    p.add_argument(
+        "--temperatures",
+        default=None,
+        help="CLOUD-DEBYE models: START:STOP:STEP or a list '100,300' in K (default 300); Cv, U, S, F at each",
+    )
+    p.add_argument("--n-atoms", type=int, default=None, help="CLOUD-DEBYE: atoms per cell (default: primitive cell)")
+    p.add_argument("--layout", choices=["wide", "long"], default="wide", help="CLOUD-DEBYE output layout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser(
+        "explorer", help="the offline CLOUD-DEBYE explorer page (Cv(T), band, failures) for your own crystals"
+    )
+    p.add_argument("input", help=structures)
+    p.add_argument("-o", "--output", required=True, help="output HTML page")
+    p.add_argument("--model", default="models/cloud-debye-laptop", help="CLOUD-DEBYE folder (single or ensemble)")
+    p.add_argument("--references", default=None, help="CSV of reference curves: material, T, Cv [, label]")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes for SCOPE (0 = all cores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_explorer)
 
     p = sub.add_parser("corpus", help="build the offline pre-training corpus and print its source table")
     p.add_argument("-o", "--output", help="write the deduplicated corpus (CSV)")
@@ -294,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="execute the numbered notebooks with papermill")
     p.add_argument("--profile", choices=list(PROFILES), default="laptop")
     p.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 01 02")
+    p.add_argument("--resume", action="store_true", help="skip notebooks whose last run succeeded with the same inputs")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("pretrain", help="MLM pre-training on the offline corpus (torchrun for several processes)")
@@ -331,6 +452,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir")
     p.add_argument("--filter", default=None, help="OPTIMADE filter, e.g. 'elements HAS \"Si\"'")
     p.add_argument("--max-structures", type=int, default=None)
+    p.add_argument("--max-pages", type=int, default=None, help="stop once this many pages are on disk")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="whole-request deadline per HTTP request (default 60); a page gets at most SECONDS x max(1, retries)",
+    )
+    p.add_argument("--retries", type=int, default=2, help="retries per page of 429/5xx/timeouts (default 2)")
     p.add_argument("--variant", choices=["reduced", "full"], default="reduced")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_harvest)
@@ -342,5 +472,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UsageError, CloudError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # anything unplanned: one line, exit 1; the traceback with --debug
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _one_line(exc: BaseException) -> str:
+    from .inputs import printable
+
+    return " ".join(printable(exc).split())

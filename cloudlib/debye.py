@@ -9,6 +9,10 @@ For a formula cell with ``n_atoms`` atoms (``N``), per mole of formula cells::
 
 with ``x_D = Θ/T`` and ``R`` = :data:`R` = 8.314462618 J/(K mol). ``U`` is the thermal part; pass
 ``zero_point=True`` to add the zero-point energy ``9/8 N R Θ``. Θ and T are in kelvin. ``Cv = dU/dT``.
+The entropy ``S = ∫_0^T Cv/T' dT' = N R [4 D3(x) - 3 ln(1 - e^{-x})]`` (:func:`entropy`) and the Helmholtz
+energy ``F = U - T S = N R T [3 ln(1 - e^{-x}) - D3(x)] + 9/8 N R Θ`` (:func:`helmholtz_energy`), with
+``D3(x) = 3 x^-3 ∫_0^x y^3/(e^y-1) dy``, share U's quadrature, so ``S = -∂F/∂T`` and ``Cv = T ∂S/∂T`` hold to
+rounding.
 
 Method
 ------
@@ -65,12 +69,20 @@ __all__ = [
     "DebyeInputError",
     "heat_capacity",
     "internal_energy",
+    "entropy",
+    "helmholtz_energy",
+    "thermodynamics",
+    "reference_entropy",
+    "identity_table",
     "paper_heat_capacity",
     "reference_heat_capacity",
     "reference_internal_energy",
     "accuracy_table",
     "theta_from_cv",
     "dulong_petit",
+    "einstein_heat_capacity",
+    "mixture_thermodynamics",
+    "mixture_identity_table",
 ]
 
 R = 8.314462618  #: molar gas constant, J/(K mol)
@@ -251,6 +263,66 @@ def internal_energy(theta, T, n_atoms=1, zero_point: bool = False, *, validate: 
     return u.to(dtype)
 
 
+def _log1m_exp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - e^{-x}) for float64 x > 0, accurate at both ends (and with finite gradients)."""
+    small = x < math.log(2)
+    xs = torch.where(small, x, torch.ones_like(x))
+    xb = torch.where(small, torch.ones_like(x), x)
+    return torch.where(small, torch.log(-torch.expm1(-xs)), torch.log1p(-torch.exp(-xb)))
+
+
+def entropy(theta, T, n_atoms=1, *, validate: bool = True) -> torch.Tensor:
+    """Debye entropy S = ∫_0^T Cv/T' dT' in J/(K mol of formula cells): ``N R [4 D3(x) - 3 ln(1 - e^{-x})]``
+    with ``D3(x) = 3 x^-3 ∫_0^x y^3/(e^y-1) dy`` and ``x = Θ/T``. Same conventions as :func:`heat_capacity`;
+    ``S = -∂F/∂T``. Limits: ``(4π^4/5) N R (T/Θ)^3`` for T ≪ Θ, ``N R [4 + 3 ln(T/Θ) + 3/40 (Θ/T)^2]`` for T ≫ Θ.
+    """
+    th, t, n, dtype = _prepare(theta, T, n_atoms, validate)
+    x = th / t
+    return (R * n * (12 * _u_reduced(x) - 3 * _log1m_exp(x))).to(dtype)
+
+
+def helmholtz_energy(theta, T, n_atoms=1, zero_point: bool = True, *, validate: bool = True) -> torch.Tensor:
+    """Debye Helmholtz energy F = U - T S in J/(mol of formula cells): ``N R T [3 ln(1 - e^{-x}) - D3(x)]`` plus
+    the zero-point energy ``9/8 N R Θ`` (``zero_point=True``, the default: F(T→0) = U(0)). Same conventions as
+    :func:`heat_capacity`; ``-∂F/∂T = S``."""
+    th, t, n, dtype = _prepare(theta, T, n_atoms, validate)
+    x = th / t
+    f = R * n * t * (3 * _log1m_exp(x) - 3 * _u_reduced(x))
+    if zero_point:
+        f = f + 9 / 8 * R * n * th
+    return f.to(dtype)
+
+
+def thermodynamics(theta, T, n_atoms=1, *, validate: bool = True) -> dict[str, torch.Tensor]:
+    """``{"cv", "u", "s", "f"}``: Cv [J/(K mol)], U with the zero-point term [J/mol], S [J/(K mol)] and F with
+    the zero-point term [J/mol] of the Debye model (broadcast like :func:`heat_capacity`)."""
+    return {
+        "cv": heat_capacity(theta, T, n_atoms, validate=validate),
+        "u": internal_energy(theta, T, n_atoms, zero_point=True, validate=validate),
+        "s": entropy(theta, T, n_atoms, validate=validate),
+        "f": helmholtz_energy(theta, T, n_atoms, zero_point=True, validate=validate),
+    }
+
+
+def reference_entropy(theta, T, n_atoms=1) -> np.ndarray:
+    """S = ∫_0^T Cv(T')/T' dT' by ``scipy.integrate.quad_vec`` (Cv from :func:`reference_heat_capacity`'s
+    integrand evaluated by quad as well is too slow for a grid; here Cv is :func:`heat_capacity`, itself checked
+    against quad to ~1e-14): with ``T' = T u`` the integral is ``∫_0^1 Cv(Θ, T u)/u du``. float64 array."""
+    from scipy.integrate import quad_vec
+
+    th, t, n = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (theta, T, n_atoms)))
+    shape = th.shape
+    th, t, n = th.ravel(), t.ravel(), n.ravel()
+
+    def f(u: float) -> np.ndarray:
+        if u <= 0:
+            return np.zeros_like(th)
+        return heat_capacity(th, t * u, n, validate=False).numpy() / u
+
+    val, _ = quad_vec(f, 0.0, 1.0, epsabs=0.0, epsrel=1e-13, limit=2000)
+    return val.reshape(shape)
+
+
 def paper_heat_capacity(theta, T, n_atoms=1, nodes: int = PAPER_NODES, *, validate: bool = True) -> torch.Tensor:
     """Cv as the paper computed it: one ``nodes``-point (20) Gauss–Legendre rule on [0, Θ/T].
 
@@ -339,6 +411,179 @@ def accuracy_table(thetas=None, temps=None):
             row[f"{k}_median"] = float(np.median(e[m])) if m.any() else math.nan
         rows.append(row)
     return pd.DataFrame(rows).set_index("band")
+
+
+def identity_table(thetas=None, temps=None):
+    """Max relative error of each thermodynamic identity of the Debye model over the grid of
+    :func:`accuracy_table` (25 Θ × 40 T by default): S against ``∫_0^T Cv/T' dT'`` (scipy ``quad_vec``),
+    ``F = U - T S``, ``S = -∂F/∂T``, ``Cv = ∂U/∂T`` and ``Cv = T ∂S/∂T`` (autograd), Cv and U against scipy
+    ``quad``, and the low-T (x_D > 200) and high-T (x_D < 0.01) limits of Cv, U, S and F. One row per identity
+    (columns ``identity``, ``n``, ``max_rel_error``)."""
+    import pandas as pd
+
+    thetas = np.geomspace(10, 3000, 25) if thetas is None else np.asarray(thetas, dtype=float).ravel()
+    temps = np.geomspace(0.1, 3000, 40) if temps is None else np.asarray(temps, dtype=float).ravel()
+    th, tt = np.meshgrid(thetas, temps, indexing="ij")
+    th, tt = th.ravel(), tt.ravel()
+    x = th / tt
+    cv = heat_capacity(th, tt).numpy()
+    u = internal_energy(th, tt, zero_point=True).numpy()
+    s = entropy(th, tt).numpy()
+    f = helmholtz_energy(th, tt).numpy()
+
+    def grad(fn, **kw) -> np.ndarray:
+        t = torch.tensor(tt, requires_grad=True)
+        (g,) = torch.autograd.grad(fn(torch.tensor(th), t, **kw).sum(), t)
+        return g.numpy()
+
+    def rel(a, b) -> np.ndarray:
+        return np.abs(np.asarray(a) / np.asarray(b) - 1)
+
+    lo, hi = x > 200, x < 0.01
+    n = R  # one atom per cell
+    rows = [
+        ("Cv vs scipy quad", rel(cv, reference_heat_capacity(th, tt))),
+        ("U vs scipy quad", rel(internal_energy(th, tt).numpy(), reference_internal_energy(th, tt))),
+        ("S vs ∫ Cv/T dT (scipy quad_vec)", rel(s, reference_entropy(th, tt))),
+        ("F = U - T S", np.abs(u - tt * s - f) / np.maximum(np.abs(f), np.abs(u))),
+        ("S = -∂F/∂T (autograd)", rel(-grad(helmholtz_energy), s)),
+        ("Cv = ∂U/∂T (autograd)", rel(grad(internal_energy), cv)),
+        ("Cv = T ∂S/∂T (autograd)", rel(tt * grad(entropy), cv)),
+        ("low T: Cv = (12π⁴/5) NR (T/Θ)³", rel(cv[lo], 12 * math.pi**4 / 5 * n / x[lo] ** 3)),
+        ("low T: S = (4π⁴/5) NR (T/Θ)³", rel(s[lo], 4 * math.pi**4 / 5 * n / x[lo] ** 3)),
+        (
+            "low T: F = 9/8 NRΘ - (π⁴/5) NR T⁴/Θ³",
+            rel(f[lo], 9 / 8 * n * th[lo] - math.pi**4 / 5 * n * tt[lo] / x[lo] ** 3),
+        ),
+        ("high T: Cv = 3NR (1 - x²/20)", rel(cv[hi], 3 * n * (1 - x[hi] ** 2 / 20))),
+        ("high T: S = NR (4 - 3 ln x + 3x²/40)", rel(s[hi], n * (4 - 3 * np.log(x[hi]) + 3 / 40 * x[hi] ** 2))),
+    ]
+    return pd.DataFrame([{"identity": k, "n": int(len(e)), "max_rel_error": float(np.max(e))} for k, e in rows])
+
+
+# ----------------------------------------------------------------------------- Debye + Einstein
+def einstein_heat_capacity(theta_e, T, n_atoms=1, *, validate: bool = True) -> torch.Tensor:
+    """Einstein Cv = 3NR x² eˣ/(eˣ-1)², x = Θ_E/T, in J/(K mol of cells) (all 3N modes at one frequency)."""
+    th, t, n, dtype = _prepare(theta_e, T, n_atoms, validate)
+    return (3 * R * n * _h(th / t)).to(dtype)
+
+
+def _einstein_parts(theta_e: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per 3NR, one Einstein oscillator set: Cv, U (zero-point Θ/2 included), S and F (float64)."""
+    x = theta_e / t
+    small = x < SERIES_BELOW
+    xs, xb = _safe_where(small, x, x)
+    # x/(e^x - 1): the series near 0, else x e^{-x}/(1 - e^{-x}), whose gradient stays finite (0) where e^x
+    # overflows (deep in the quantum regime, Θ_E/T ≳ 710)
+    q = torch.where(small, _q(xs), xb * torch.exp(-xb) / -torch.expm1(-xb))
+    lg = _log1m_exp(x)
+    return {"cv": _h(x), "u": t * q + theta_e / 2, "s": q - lg, "f": theta_e / 2 + t * lg}
+
+
+def _debye_parts(theta: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per 3NR, the Debye model: Cv, U (zero-point 3Θ/8 included), S and F (float64)."""
+    x = theta / t
+    ur = _u_reduced(x)
+    lg = _log1m_exp(x)
+    return {
+        "cv": 3 * _cv_reduced(x),
+        "u": 3 * t * ur + 3 / 8 * theta,
+        "s": 4 * ur - lg,
+        "f": t * (lg - ur) + 3 / 8 * theta,
+    }
+
+
+def mixture_thermodynamics(theta_d, theta_e, weights, T, n_atoms=1, *, validate: bool = True) -> dict:
+    """Debye + Einstein heat capacity and thermodynamics, consistent by construction.
+
+    The 3N modes of a cell are split with ``weights`` (last axis m + 1, non-negative, summing to 1): the first
+    share is a Debye spectrum with temperature ``theta_d`` and share i a set of Einstein oscillators at
+    ``theta_e[..., i-1]`` (last axis m). With w the weights and Θ_i the Einstein temperatures::
+
+        Cv = 3NR [w_0 c_D(Θ_D/T) + Σ w_i c_E(Θ_i/T)],  c_E(x) = x² eˣ/(eˣ-1)²
+
+    and U, S, F likewise (zero-point terms 9/8 NRΘ_D w_0 and 3/2 NR Θ_i w_i included), so S = ∫ Cv/T dT,
+    F = U − TS, S = −∂F/∂T and Cv = ∂U/∂T hold to rounding, Cv → 3NR at high T and Cv ∝ T³ at low T as long
+    as w_0 > 0. ``theta_d``, ``T`` and ``n_atoms`` broadcast to the leading shape; returns ``{"cv", "u", "s",
+    "f"}`` (J/(K mol), J/mol) in float64.
+    """
+    thd, t, n, _ = _prepare(theta_d, T, n_atoms, validate)
+    the = _as_tensor(theta_e).to(dtype=torch.float64, device=thd.device)
+    w = _as_tensor(weights).to(dtype=torch.float64, device=thd.device)
+    if validate:
+        _check_positive(the, "theta_e")
+        with torch.no_grad():
+            if bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
+                raise DebyeInputError("weights must be finite and >= 0", input="weights")
+            if not bool(torch.allclose(w.sum(-1), torch.ones((), dtype=torch.float64), atol=1e-9)):
+                raise DebyeInputError("weights must sum to 1 over the last axis", input="weights")
+    if w.shape[-1] != the.shape[-1] + 1:
+        raise DebyeInputError(
+            f"need one weight more than Einstein temperatures, got {w.shape[-1]} and {the.shape[-1]}", input="weights"
+        )
+    d = _debye_parts(thd, t)
+    e = _einstein_parts(the, t.unsqueeze(-1))
+    scale = 3 * R * n
+    return {k: scale * (w[..., 0] * d[k] + (w[..., 1:] * e[k]).sum(-1)) for k in ("cv", "u", "s", "f")}
+
+
+def mixture_identity_table(n_einstein: int = 2, seed: int = 0, temps=None):
+    """Max relative error of the identities of :func:`mixture_thermodynamics` for random Debye + Einstein
+    spectra (Θ_D, Θ_E in [30, 1500] K, random weights) over ``temps`` (0.5–3000 K): S against ∫ Cv/T dT
+    (scipy ``quad_vec``), F = U − TS, S = −∂F/∂T, Cv = ∂U/∂T (autograd), and the one-Debye limit
+    (weights (1, 0, ...)) against :func:`thermodynamics`. Rows ``identity``, ``n``, ``max_rel_error``."""
+    import pandas as pd
+    from scipy.integrate import quad_vec
+
+    rng = np.random.default_rng(seed)
+    m = 12
+    thd = rng.uniform(30, 1500, m)
+    the = rng.uniform(30, 1500, (m, n_einstein))
+    w = rng.dirichlet(np.ones(n_einstein + 1), m)
+    temps = np.geomspace(0.5, 3000, 30) if temps is None else np.asarray(temps, float)
+    T = torch.tensor(np.tile(temps, (m, 1)), requires_grad=True)
+    out = mixture_thermodynamics(torch.tensor(thd)[:, None], torch.tensor(the)[:, None], torch.tensor(w)[:, None], T)
+    (ds,) = torch.autograd.grad(out["f"].sum(), T, retain_graph=True)
+    (du,) = torch.autograd.grad(out["u"].sum(), T)
+    cv, u, s, f = (out[k].detach().numpy() for k in ("cv", "u", "s", "f"))
+
+    def cv_at(tt: np.ndarray) -> np.ndarray:
+        return (
+            mixture_thermodynamics(
+                torch.tensor(thd)[:, None], torch.tensor(the)[:, None], torch.tensor(w)[:, None], torch.tensor(tt)
+            )["cv"]
+            .detach()
+            .numpy()
+        )
+
+    s_ref, _ = quad_vec(
+        lambda x: cv_at(np.tile(temps, (m, 1)) * x) / x if x > 0 else np.zeros((m, len(temps))),
+        0.0,
+        1.0,
+        epsabs=0.0,
+        epsrel=1e-13,
+        limit=2000,
+    )
+    one = np.zeros((m, n_einstein + 1))
+    one[:, 0] = 1.0
+    pure = mixture_thermodynamics(
+        torch.tensor(thd)[:, None], torch.tensor(the)[:, None], torch.tensor(one)[:, None], torch.tensor(temps)
+    )
+    ref = thermodynamics(torch.tensor(thd)[:, None], torch.tensor(temps)[None])
+
+    def rel(a, b):  # relative error; where the reference underflows to exactly 0, the absolute error
+        a, b = np.asarray(a, float), np.asarray(b, float)
+        zero = b == 0
+        return np.where(zero, np.abs(a), np.abs(a / np.where(zero, 1.0, b) - 1))
+
+    rows = [
+        ("S vs ∫ Cv/T dT (scipy quad_vec)", rel(s, s_ref)),
+        ("F = U - T S", np.abs(u - T.detach().numpy() * s - f) / np.maximum(np.abs(f), np.abs(u))),
+        ("S = -∂F/∂T (autograd)", rel(-ds.numpy(), s)),
+        ("Cv = ∂U/∂T (autograd)", rel(du.numpy(), cv)),
+        *[(f"weights (1, 0…): {k} = Debye {k}", rel(pure[k].numpy(), ref[k].numpy())) for k in ("cv", "u", "s", "f")],
+    ]
+    return pd.DataFrame([{"identity": k, "n": int(np.size(e)), "max_rel_error": float(np.max(e))} for k, e in rows])
 
 
 # ----------------------------------------------------------------------------- inverse

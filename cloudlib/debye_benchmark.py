@@ -7,6 +7,10 @@ corundum against experiment, and the explorer's table.
   validation rows, scored on the authors' test split beside the paper's scores (``data/reference``);
 * :func:`curves_benchmark` -- across temperature on the committed CHGNet phonon curves: CLOUD-DEBYE (300 K
   only) vs a regressor trained on whole curves vs the Debye curve through each material's true Cv(300 K);
+* :func:`run_ensemble` -- k CLOUD-DEBYE fits, their geometric-mean Θ and calibrated band, scored and their
+  interval coverage measured on the authors' test split;
+* :func:`physics_benchmark` -- one Debye temperature vs Debye + Einstein terms, both trained on the authors'
+  Cv(300 K) rows plus the CHGNet training curves, by temperature band on the held-out CHGNet curves;
 * :func:`audit` -- thermodynamic-consistency violations of each model's curves on the same materials;
 * :func:`corundum` -- α-Al2O3 against the NIST-JANAF heat capacity;
 * :func:`explorer_table` -- materials, predicted Θ and reference curves for :func:`cloudlib.explorer.write_explorer`.
@@ -22,7 +26,7 @@ import pandas as pd
 import torch
 
 from . import debye, phonons, reference
-from .cloud_debye import Fitted, fit_curves, fit_debye, fit_direct, theta_labels
+from .cloud_debye import Ensemble, Fitted, fit_curves, fit_debye, fit_direct, fit_ensemble, fit_physics, theta_labels
 from .config import FinetuneConfig
 from .debye import dulong_petit
 from .evaluation import audit_counts, regression_metrics
@@ -228,3 +232,117 @@ def explorer_table(
         for n, (_, r) in zip(ex_phon["name"], usable.iterrows())
     }
     return pd.concat([ex_phon, ex_test], ignore_index=True), refs
+
+
+@dataclass
+class EnsembleRun:
+    """What :func:`run_ensemble` trained and measured."""
+
+    ensemble: Ensemble
+    predictions: dict  # name -> Cv(300 K) on the test rows ("ensemble", "member 0")
+    scores: pd.DataFrame  # one row per name, regression metrics
+    coverage: dict  # nominal level, test coverage before / after calibration, calibration-row evidence
+    seconds: float
+
+
+def run_ensemble(
+    train: pd.DataFrame, test: pd.DataFrame, cfg: FinetuneConfig, k: int = 5, level: float = 0.9, progress=True
+) -> EnsembleRun:
+    """An ensemble of k CLOUD-DEBYE fits (:func:`cloudlib.cloud_debye.fit_ensemble`; its band calibrated on
+    training rows no member saw) scored on the authors' test split: the ensemble and its first member alone,
+    and the coverage of the nominal ``level`` interval on the test rows, uncalibrated and calibrated."""
+    t0 = time.perf_counter()
+    ens = fit_ensemble(train["cloud"], train["cv"], train["n_atoms"], cfg, k=k, level=level, progress=progress)
+    strings, n = list(test["cloud"]), test["n_atoms"].to_numpy(float)
+    preds = {
+        f"CLOUD-DEBYE ensemble of {k}": ens.heat_capacity(strings, [300.0], n)[:, 0],
+        "CLOUD-DEBYE ensemble member 0": ens.members[0].heat_capacity(strings, [300.0], n)[:, 0],
+    }
+    scores = pd.DataFrame({name: regression_metrics(test["cv"], p) for name, p in preds.items()}).T
+    coverage = {
+        "level": level,
+        "members": k,
+        "scale": ens.scale,
+        "test_coverage_uncalibrated": ens.coverage(strings, test["cv"], n, scale=1.0),
+        "test_coverage_calibrated": ens.coverage(strings, test["cv"], n),
+        "test_rows": int(len(test)),
+        "calibration": ens.calibration,
+    }
+    return EnsembleRun(ens, preds, scores, coverage, time.perf_counter() - t0)
+
+
+#: temperature bands (K, lower bound exclusive except the first) of the by-band tables
+BANDS = ((0.0, 50.0), (50.0, 150.0), (150.0, 400.0), (400.0, np.inf))
+
+
+def band_label(lo: float, hi: float) -> str:
+    return f"≤ {hi:g} K" if lo == 0 else (f"> {lo:g} K" if not np.isfinite(hi) else f"{lo:g}–{hi:g} K")
+
+
+def mae_by_band(predictions: dict, true: np.ndarray, temperatures) -> pd.DataFrame:
+    """MAE (J/(K·mol)) of each model's [materials, temperatures] predictions over each band of :data:`BANDS`
+    and over all temperatures (rows: bands; columns: models)."""
+    T = np.asarray(temperatures, float)
+    rows = {}
+    for lo, hi in BANDS:
+        m = (T > lo) & (T <= hi) if lo > 0 else (T <= hi)
+        if m.any():
+            rows[band_label(lo, hi)] = {
+                k: float(np.nanmean(np.abs(p[:, m] - true[:, m]))) for k, p in predictions.items()
+            }
+    rows["all T"] = {k: float(np.nanmean(np.abs(p - true))) for k, p in predictions.items()}
+    return pd.DataFrame(rows).T
+
+
+@dataclass
+class PhysicsRun:
+    """What :func:`physics_benchmark` trained and measured."""
+
+    models: dict  # "Debye" / "Debye+Einstein" -> Fitted
+    predictions: dict  # model name -> Cv [CHGNet test materials, temperatures]
+    by_band: pd.DataFrame  # band x model
+    validation: dict  # model name -> best validation MAE (J/(K·mol)), the number the choice rests on
+    seconds: dict
+
+
+def combined_training_set(authors_train: pd.DataFrame, curves_train: pd.DataFrame):
+    """(strings, temperatures, cv [rows, temperatures] with NaN where unknown, n_atoms): the authors' rows know
+    Cv(300 K) only, each CHGNet training crystal its whole curve."""
+    cols, temps = phonons.cv_columns(curves_train)
+    j300 = int(np.flatnonzero(temps == 300.0)[0])
+    a = np.full((len(authors_train), len(temps)), np.nan)
+    a[:, j300] = authors_train["cv"].to_numpy(float)
+    strings = list(authors_train["cloud"]) + list(curves_train["scope"])
+    cv = np.vstack([a, curves_train[cols].to_numpy(float)])
+    n = np.r_[authors_train["n_atoms"].to_numpy(float), curves_train["n_atoms"].to_numpy(float)]
+    return strings, temps, cv, n
+
+
+def physics_benchmark(
+    authors_train: pd.DataFrame,
+    usable: pd.DataFrame,
+    cfg: FinetuneConfig,
+    seed: int = 0,
+    n_einstein: int = 2,
+    baselines: dict | None = None,
+    progress: bool = True,
+) -> PhysicsRun:
+    """One Debye temperature vs a Debye + ``n_einstein`` Einstein spectrum (:func:`cloudlib.cloud_debye.
+    fit_physics`), both trained on the authors' Cv(300 K) training rows plus the CHGNet training curves (the
+    split of :func:`split_curves`), scored by temperature band on the held-out CHGNet curves; ``baselines``
+    (name -> [test materials, temperatures] predictions, e.g. from :func:`curves_benchmark`) join the table."""
+    cols, temps = phonons.cv_columns(usable)
+    ptrain, ptest = split_curves(usable, seed)
+    strings, T, cv, n = combined_training_set(authors_train, ptrain)
+    models, preds, val, secs = {}, dict(baselines or {}), {}, {}
+    for name, head in (("Debye", "debye"), (f"Debye+{n_einstein} Einstein", "einstein")):
+        t0 = time.perf_counter()
+        models[name] = fit_physics(strings, T, cv, n, cfg, head=head, n_einstein=n_einstein, progress=progress)
+        secs[name] = round(time.perf_counter() - t0, 1)
+        hist = models[name].history
+        val[name] = float(hist["val_mae"].min()) if "val_mae" in hist and len(hist) else float("nan")
+        preds[f"{name} (300 K rows + curves)"] = models[name].heat_capacity(
+            list(ptest["scope"]), temps, ptest["n_atoms"]
+        )
+    by_band = mae_by_band(preds, ptest[cols].to_numpy(float), temps)
+    return PhysicsRun(models, preds, by_band, val, secs)

@@ -37,6 +37,23 @@ class SymmetryError(StructureError):
     """spglib could not determine the space group."""
 
 
+class StructureTooLargeError(StructureError):
+    """More atoms than the configured limit (``max_atoms``), counted before the slow steps (CIF parsing, spglib)."""
+
+
+class StructureTimeoutError(StructureError):
+    """A structure whose SCOPE took longer than the per-structure time limit; its worker process was replaced."""
+
+
+class WorkerDiedError(StructureError):
+    """The worker process computing this structure died (killed by a signal, e.g. the OOM killer, or a crash)."""
+
+
+class ScopeStringError(CloudError, ValueError):
+    """A string given as SCOPE that is not one: not three ``|`` sections, an unknown generator string, odd
+    composition pairs, or tokens outside the model's vocabulary (they would become ``[UNK]``)."""
+
+
 class BlockSizeError(CloudError, ValueError):
     """A token sequence longer than the model's block size, with truncation off."""
 
@@ -51,6 +68,11 @@ class ChecksumError(DataError):
 
 class DataUnavailableError(DataError):
     """No source (cache, canonical URL, mirror) could provide a dataset."""
+
+
+class HarvestError(DataError):
+    """An OPTIMADE harvest that had to stop (server unreachable, too slow, or not answering OPTIMADE); names the
+    URL. Pages harvested before the error stay on disk and a rerun resumes."""
 
 
 class InvalidTargetError(DataError, ValueError):

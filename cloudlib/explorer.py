@@ -31,7 +31,7 @@ from pathlib import Path
 from .io import write_text
 
 REQUIRED = ("name", "scope", "theta", "n_atoms")
-OPTIONAL = ("cv300_true", "cv300_pred")
+OPTIONAL = ("cv300_true", "cv300_pred", "theta_lo", "theta_hi")
 
 
 def _number(value) -> float | None:
@@ -88,6 +88,12 @@ def _references(reference_curves: Mapping | None, names: set[str]) -> dict:
     return out
 
 
+def _failures(failures) -> list[dict]:
+    """[{"name", "error"}] from a mapping name -> error or a sequence of (name, error) pairs."""
+    items = failures.items() if isinstance(failures, Mapping) else (failures or [])
+    return [{"name": str(k), "error": str(v)} for k, v in items]
+
+
 def _embed_json(obj) -> str:
     """JSON safe to put inside <script>: no '<', '>', '&' can close the element or open a comment."""
     text = json.dumps(obj, allow_nan=False, ensure_ascii=True, separators=(",", ":"))
@@ -99,6 +105,8 @@ def explorer_html(
     title: str = "CLOUD-DEBYE explorer",
     reference_curves: Mapping | None = None,
     temperatures: tuple[float, float, float] = (1, 300, 1500),
+    failures=None,
+    band_label: str = "",
 ) -> str:
     """The explorer page as a string (see :func:`write_explorer`)."""
     t_min, t_init, t_max = (float(t) for t in temperatures)
@@ -110,6 +118,8 @@ def explorer_html(
         "references": _references(reference_curves, {r["name"] for r in rows}),
         "temperatures": {"min": t_min, "initial": t_init, "max": t_max},
         "dropped": dropped,
+        "failures": _failures(failures),
+        "band_label": band_label or "ensemble band",
     }
     return (
         _TEMPLATE.replace("%%TITLE%%", html.escape(title))
@@ -125,18 +135,22 @@ def write_explorer(
     title: str = "CLOUD-DEBYE explorer",
     reference_curves: Mapping | None = None,
     temperatures: tuple[float, float, float] = (1, 300, 1500),
+    failures=None,
+    band_label: str = "",
 ) -> Path:
     """Write the interactive CLOUD-DEBYE explorer to ``path`` (atomically) and return the path.
 
     table: DataFrame with ``name`` (label, e.g. formula + id), ``scope`` (SCOPE string), ``theta``
         (predicted Debye temperature, K), ``n_atoms`` (atoms per cell) and optionally ``cv300_true``
-        (label Cv at 300 K) and ``cv300_pred``, both in J/(K·mol of cells). Rows without a positive
-        finite theta/n_atoms are skipped with a warning.
+        (label Cv at 300 K) and ``cv300_pred``, both in J/(K·mol of cells), and ``theta_lo`` / ``theta_hi``
+        (an uncertainty band of Θ: the page shades Cv between Cv(Θ_hi) and Cv(Θ_lo), labelled ``band_label``).
+        Rows without a positive finite theta/n_atoms are skipped with a warning.
     reference_curves: optional {name: {"T": [...], "cv": [...], "label": "CHGNet phonons"}} drawn as
         points over the Debye curve of the material called ``name``.
     temperatures: (min, initial, max) of the temperature slider, K.
+    failures: inputs that could not be predicted, {name: error} or [(name, error)], listed on the page.
     """
-    return write_text(path, explorer_html(table, title, reference_curves, temperatures))
+    return write_text(path, explorer_html(table, title, reference_curves, temperatures, failures, band_label))
 
 
 _TEMPLATE = """<!DOCTYPE html>
@@ -170,6 +184,10 @@ _TEMPLATE = """<!DOCTYPE html>
     <p class="muted hint">Click or drag on the plot to set the temperature; arrow keys move the slider.</p>
   </section>
 </main>
+<section id="failures" hidden>
+  <h2>Inputs that could not be predicted (<span id="failure-count"></span>)</h2>
+  <ul id="failure-list"></ul>
+</section>
 <footer class="muted">
   Cv(T) = 9NR (T/&Theta;)&sup3; &int;<sub>0</sub><sup>&Theta;/T</sup> x&#8308;e<sup>x</sup>/(e<sup>x</sup>&minus;1)&sup2; dx
   per mole of cells (N atoms per cell, R = 8.314462618 J/(K&middot;mol)); the integral is truncated at
@@ -224,6 +242,11 @@ svg .ref { fill: #fff; stroke: var(--ref); stroke-width: 2; }
 svg .label-pt { fill: var(--label); stroke: #fff; stroke-width: 1.5; }
 .hint { margin: 6px 0 0; }
 footer { margin-top: 16px; padding-bottom: 24px; }
+#failures { max-width: 1140px; margin: 16px auto 0; }
+#failures h2 { font-size: 1.05rem; margin: 0 0 6px; color: var(--mark); }
+#failures li { font-size: 0.88rem; margin: 2px 0; }
+#failures code { font: 0.84rem ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+svg .band { fill: var(--accent); fill-opacity: 0.16; stroke: none; }
 """
 
 _JS = r"""
@@ -312,6 +335,8 @@ _JS = r"""
     const rows = [["\u0398 (predicted)", fmt(m.theta, 1) + " K"], ["atoms per cell N", fmt(m.n, 0)],
                   ["3NR", fmt(3 * m.n * R, 2) + " J/(K\u00b7mol)"],
                   ["Cv(300 K), Debye", fmt(debyeCv(m.theta, m.n, 300), 2) + " J/(K\u00b7mol)"]];
+    if (m.theta_lo !== null && m.theta_hi !== null)
+      rows.push(["\u0398, " + DATA.band_label, fmt(m.theta_lo, 1) + " \u2013 " + fmt(m.theta_hi, 1) + " K"]);
     if (m.cv300_pred !== null) rows.push(["Cv(300 K), predicted", fmt(m.cv300_pred, 2) + " J/(K\u00b7mol)"]);
     if (m.cv300_true !== null) rows.push(["Cv(300 K), label", fmt(m.cv300_true, 2) + " J/(K\u00b7mol)"]);
     if (REFS[m.name]) rows.push([REFS[m.name].label, REFS[m.name].points.length + " points"]);
@@ -336,6 +361,12 @@ _JS = r"""
     readout.append(b, " \u00b7 \u0398 = " + fmt(m.theta, 0) + " K \u00b7 3NR = " + fmt(dp, 2) +
                    " \u00b7 " + m.name);
     readout.dataset.cv = String(cv); readout.dataset.t = String(T); readout.dataset.index = String(current);
+    const hasBand = m.theta_lo !== null && m.theta_hi !== null;
+    if (hasBand) {
+      const lo = debyeCv(m.theta_hi, m.n, T), hi = debyeCv(m.theta_lo, m.n, T);
+      readout.append(" \u00b7 " + DATA.band_label + " " + fmt(lo, 2) + "\u2013" + fmt(hi, 2));
+      readout.dataset.cvLo = String(lo); readout.dataset.cvHi = String(hi);
+    } else { delete readout.dataset.cvLo; delete readout.dataset.cvHi; }
 
     let yTop = dp;
     if (ref) for (const p of ref.points) if (p[0] <= TR.max) yTop = Math.max(yTop, p[1]);
@@ -365,6 +396,18 @@ _JS = r"""
     el("text", {x: W - PAD.r - 4, y: ys(dp) - 6, "text-anchor": "end"}, "Dulong\u2013Petit 3NR = " + fmt(dp, 2));
 
     const n = 400;
+    if (hasBand) {
+      let up = "", down = "";
+      for (let k = 0; k <= n; k++) {
+        const t = (k / n) * TR.max;
+        up += (k ? "L" : "M") + xs(t).toFixed(2) + "," + ys(debyeCv(m.theta_lo, m.n, t)).toFixed(2);
+      }
+      for (let k = n; k >= 0; k--) {
+        const t = (k / n) * TR.max;
+        down += "L" + xs(t).toFixed(2) + "," + ys(debyeCv(m.theta_hi, m.n, t)).toFixed(2);
+      }
+      el("path", {d: up + down + "Z", class: "band"});
+    }
     let d = "";
     for (let k = 0; k <= n; k++) {
       const t = (k / n) * TR.max;
@@ -373,6 +416,7 @@ _JS = r"""
     el("path", {d: d, class: "curve"});
 
     const legend = [["curve", "Debye model, \u0398 = " + fmt(m.theta, 0) + " K"]];
+    if (hasBand) legend.push(["band", DATA.band_label]);
     if (m.cv300_true !== null && 300 <= TR.max) {
       el("rect", {x: xs(300) - 5, y: ys(m.cv300_true) - 5, width: 10, height: 10, class: "label-pt"});
       legend.push(["label", "label Cv(300 K)"]);
@@ -389,6 +433,7 @@ _JS = r"""
     for (const [kind, text] of legend) {
       if (kind === "curve") el("line", {x1: lx, x2: lx + 22, y1: ly, y2: ly, class: "curve"});
       if (kind === "ref") el("circle", {cx: lx + 11, cy: ly, r: 4, class: "ref"});
+      if (kind === "band") el("rect", {x: lx, y: ly - 6, width: 22, height: 12, class: "band"});
       if (kind === "label") el("rect", {x: lx + 6, y: ly - 5, width: 10, height: 10, class: "label-pt"});
       el("text", {x: lx + 30, y: ly + 4}, text);
       ly += 20;
@@ -415,7 +460,19 @@ _JS = r"""
   svg.addEventListener("pointerdown", (ev) => { svg.setPointerCapture(ev.pointerId); pointer(ev); });
   svg.addEventListener("pointermove", (ev) => { if (ev.buttons & 1) pointer(ev); });
 
-  window.cloudExplorer = {debyeCv, debyeIntegral, materials: M, choose, setTemperature,
+  const FAIL = DATA.failures || [];
+  if (FAIL.length) {
+    $("failures").hidden = false;
+    $("failure-count").textContent = String(FAIL.length);
+    for (const f of FAIL) {
+      const li = document.createElement("li"), c = document.createElement("code");
+      c.textContent = f.name;
+      li.append(c, " \u2014 " + f.error);
+      $("failure-list").appendChild(li);
+    }
+  }
+
+  window.cloudExplorer = {debyeCv, debyeIntegral, materials: M, failures: FAIL, choose, setTemperature,
                           current: () => current};
   filter();
   choose(current);

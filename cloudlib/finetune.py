@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from . import engine
 from .config import FinetuneConfig
-from .errors import InvalidTargetError, ModelError
+from .errors import InvalidTargetError, ModelError, ScopeStringError
 from .model import CloudPredictor, build_encoder
 from .scope import expand_variants, group_mean
 from .splits import seeded_split
@@ -302,10 +302,45 @@ def fit(
     )
 
 
-def predict_strings(result: FitResult, strings: Sequence[str], batch_size: int = 256) -> np.ndarray:
+def scope_string_errors(tokenizer, strings: Sequence[str]) -> list[str | None]:
+    """Per string: None for a SCOPE string the model can read, else ``"ScopeStringError: why"`` (not three ``|``
+    sections, an unknown generator string, odd composition pairs, a non-numeric fraction, or words that the
+    tokenizer can only map to ``[UNK]``)."""
+    from .scope import parse_scope
+
+    unk = tokenizer.unk_token
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+
+    def _tokens(text: str) -> list[str]:  # the words' tokens, whatever the string's length (checked elsewhere)
+        if backend is not None:
+            return backend.encode(text, add_special_tokens=False).tokens
+        return tokenizer.tokenize(text)
+
+    out: list[str | None] = []
+    for s in strings:
+        if not isinstance(s, str):
+            out.append(f"ScopeStringError: not a string ({type(s).__name__})")
+            continue
+        try:
+            parse_scope(s)
+        except ValueError as exc:
+            out.append(f"ScopeStringError: {exc}")
+            continue
+        if unk in _tokens(s):
+            bad = [w for w in dict.fromkeys(s.split()) if unk in _tokens(w)]
+            out.append(f"ScopeStringError: not in the model's vocabulary (would be [UNK]): {' '.join(bad)[:120]}")
+            continue
+        out.append(None)
+    return out
+
+
+def predict_strings(result: FitResult, strings: Sequence[str], batch_size: int = 256, check: bool = True) -> np.ndarray:
     """Predictions in target units (probabilities for classification) for SCOPE strings.
 
-    Raises :class:`~cloudlib.errors.BlockSizeError` for a string that is too long.
+    Raises :class:`~cloudlib.errors.ScopeStringError` when a string is not a SCOPE string the model can read
+    (:func:`scope_string_errors`; ``check=False`` skips the check, for strings made by :mod:`cloudlib.scope`)
+    and :class:`~cloudlib.errors.BlockSizeError` for a string that is too long. For per-row errors instead of
+    an exception use :func:`cloudlib.predictor.predict_scope`.
     """
     if not isinstance(result, FitResult):
         raise TypeError(
@@ -314,6 +349,16 @@ def predict_strings(result: FitResult, strings: Sequence[str], batch_size: int =
     strings = list(strings)
     if not strings:
         return np.zeros(0)
+    if check:
+        errors = scope_string_errors(result.tokenizer, strings)
+        bad = [i for i, e in enumerate(errors) if e is not None]
+        if bad:
+            i = bad[0]
+            raise ScopeStringError(
+                f"{len(bad)} of {len(strings)} strings are not SCOPE strings this model can read; string {i}: "
+                f"{errors[i].split(': ', 1)[1]}",
+                repr(strings[i])[:80],
+            )
     model = result.model
     device = next(model.parameters()).device
     tta = getattr(result.config, "tta", 1)

@@ -25,16 +25,34 @@ reset on every iteration. Persisting page + next URL atomically is therefore don
 ``requests`` against the OPTIMADE JSON:API; the package is still used for filter validation
 (``optimade.filterparser.LarkParser``) and for the entry -> pymatgen conversion.
 
-Errors: :class:`~cloudlib.errors.DataUnavailableError` (naming the URL) when the server cannot be
-reached or keeps failing; :class:`OptimadeResponseError` when it answers with something that is not
-an OPTIMADE response (HTML, JSON without ``data``/``meta``, an entry without ``id``, HTTP 4xx);
-:class:`InvalidFilterError` for a filter the OPTIMADE grammar rejects (checked before any request).
+Hostile or broken servers cannot hold a harvest forever:
+
+* every HTTP request has a whole-request deadline of ``timeout`` seconds (connect, headers and body
+  together): a watchdog thread shuts the socket down when it passes, so a server that trickles a
+  byte at a time is cut off like a silent one (a plain socket timeout restarts on every byte);
+* one page gets at most ``retries + 1`` attempts and ``timeout * max(1, retries)`` seconds in all,
+  backoff sleeps included (a retry whose backoff would not fit is not made): at the defaults
+  (60 s, 2 retries) a silent server fails after about two minutes, not four;
+* the listing ends when as many entries as the first page's ``meta.data_returned`` have arrived,
+  whatever ``links.next`` says; a ``links.next`` already followed is an error; ``max_pages``
+  caps the pages kept on disk (for servers that report no ``data_returned``).
+
+Errors (all :class:`~cloudlib.errors.HarvestError`, one line, naming the URL; the pages harvested
+before stay on disk and a rerun resumes): :class:`HarvestUnavailableError` (also a
+:class:`~cloudlib.errors.DataUnavailableError`) when the server cannot be reached or keeps failing,
+:class:`HarvestTimeoutError` when no attempt completed within its deadline;
+:class:`OptimadeResponseError` when it answers with something that is not an OPTIMADE response (HTML,
+invalid JSON, JSON without ``data``/``meta``, an entry without ``id``, HTTP 4xx, a ``links.next``
+loop). :class:`InvalidFilterError` (a ``DataError``) for a filter the OPTIMADE grammar rejects
+(checked before any request).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import socket
+import threading
 import time
 import warnings
 from datetime import datetime, timezone
@@ -48,6 +66,7 @@ from .errors import (
     DataError,
     DataUnavailableError,
     DisorderedStructureError,
+    HarvestError,
     StructureError,
     StructureParseError,
     UnknownSpeciesError,
@@ -58,6 +77,8 @@ from .scope import VARIANTS, structure_to_scope
 __all__ = [
     "COLUMNS",
     "RESPONSE_FIELDS",
+    "HarvestTimeoutError",
+    "HarvestUnavailableError",
     "InvalidFilterError",
     "OptimadeResponseError",
     "entry_to_structure",
@@ -85,6 +106,7 @@ RESPONSE_FIELDS = (
 
 DEFAULT_PAGE_LIMIT = 100
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_RETRIES = 2
 STATE_FILE = "state.json"
 STATE_FORMAT = 1
 
@@ -92,8 +114,16 @@ _VERSION_SEGMENT = re.compile(r"^v\d+(\.\d+){0,2}$")
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
-class OptimadeResponseError(DataError):
+class OptimadeResponseError(HarvestError):
     """The server answered, but not with a usable OPTIMADE response."""
+
+
+class HarvestUnavailableError(HarvestError, DataUnavailableError):
+    """The OPTIMADE server cannot be reached, or kept failing (HTTP 429/5xx, dropped connections)."""
+
+
+class HarvestTimeoutError(HarvestUnavailableError):
+    """No attempt at a page completed within its whole-request deadline (a silent or trickling server)."""
 
 
 class InvalidFilterError(DataError, ValueError):
@@ -168,63 +198,222 @@ def _connect_failed(exc: Exception) -> bool:
     return False
 
 
-def _error_detail(response) -> str:
+def _one_line(text: str, limit: int = 300) -> str:
+    return " ".join(str(text).split())[:limit]
+
+
+def _error_detail(body: bytes) -> str:
     try:
-        errors = response.json().get("errors") or []
+        errors = json.loads(body).get("errors") or []
         text = "; ".join(f"{e.get('title', '')}: {e.get('detail', '')}".strip(": ") for e in errors)
     except Exception:
         text = ""
-    return text or response.text[:300].strip()
+    return _one_line(text or body[:2000].decode("utf-8", "replace"))
 
 
-def _get_page(session, url: str, timeout: float, retries: int, backoff: float) -> dict:
+class _DeadlineExceeded(Exception):
+    """Internal: a request did not complete before its deadline."""
+
+
+def _shutdown(sock) -> None:
+    """Shut a socket down, which wakes a thread blocked reading it."""
+    raw = sock if isinstance(sock, socket.socket) else getattr(sock, "socket", None)  # TLS-in-TLS transport
+    if isinstance(raw, socket.socket):
+        try:  # the plain socket method, also for an SSLSocket (its own shutdown() drops the SSL object)
+            socket.socket.shutdown(raw, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _DeadlineClient:
+    """A ``requests`` session whose GETs are cut off at a whole-request deadline.
+
+    ``requests``' own ``timeout`` only bounds each socket operation, so a server sending a byte every few
+    seconds never times out. Here the connection pools record the sockets of the connections they hand out
+    and open (a response without Content-Length takes its socket away from the connection), and a watchdog
+    thread shuts them down once the deadline has passed (again every 50 ms until the request gives up, in
+    case a connection is opened late); the body is read in chunks and the deadline checked between them
+    too, which also covers proxies whose connections are not recorded (SOCKS).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._conns: list = []  # connections handed out during the current request
+        self._socks: list = []  # and the sockets they held or opened
+        self._fired = False
+        self.session = self._new_session()
+
+    def _track(self, conn=None, sock=None) -> None:
+        with self._lock:
+            if conn is not None:
+                self._conns.append(conn)
+            if sock is not None:
+                self._socks.append(sock)
+            fired = self._fired
+        if fired and sock is not None:
+            _shutdown(sock)
+
+    def _new_session(self):
+        import requests
+        import urllib3
+        from requests.adapters import HTTPAdapter
+        from urllib3.connection import HTTPConnection, HTTPSConnection
+
+        client = self
+
+        class Conn(HTTPConnection):
+            def connect(self):
+                super().connect()
+                client._track(sock=self.sock)
+
+        class SConn(HTTPSConnection):
+            def connect(self):
+                super().connect()
+                client._track(sock=self.sock)
+
+        class Pool(urllib3.HTTPConnectionPool):
+            ConnectionCls = Conn
+
+            def _get_conn(self, timeout=None):
+                conn = super()._get_conn(timeout)
+                client._track(conn, getattr(conn, "sock", None))  # a reused connection is connected already
+                return conn
+
+        class SPool(urllib3.HTTPSConnectionPool):
+            ConnectionCls = SConn
+
+            def _get_conn(self, timeout=None):
+                conn = super()._get_conn(timeout)
+                client._track(conn, getattr(conn, "sock", None))
+                return conn
+
+        def patch(manager):
+            if manager.pool_classes_by_scheme.get("http") is urllib3.HTTPConnectionPool:  # not SOCKS
+                manager.pool_classes_by_scheme = {"http": Pool, "https": SPool}
+            return manager
+
+        class Adapter(HTTPAdapter):
+            def init_poolmanager(self, *args, **kwargs):
+                super().init_poolmanager(*args, **kwargs)
+                patch(self.poolmanager)
+
+            def proxy_manager_for(self, proxy, **kwargs):
+                return patch(super().proxy_manager_for(proxy, **kwargs))
+
+        session = requests.Session()
+        session.mount("http://", Adapter())
+        session.mount("https://", Adapter())
+        return session
+
+    def _watch(self, deadline: float, done: threading.Event) -> None:
+        wait = deadline - time.monotonic()
+        while not done.wait(max(wait, 0.0)):
+            with self._lock:
+                self._fired = True
+                socks = self._socks + [c.sock for c in self._conns if getattr(c, "sock", None) is not None]
+            for sock in socks:
+                _shutdown(sock)
+            wait = 0.05
+
+    def get(self, url: str, deadline: float, headers: dict) -> tuple[int, Any, bytes]:
+        """(status, headers, body) of ``GET url``; raises :class:`_DeadlineExceeded` at ``deadline``
+        (``time.monotonic()``) and ``requests`` exceptions as they come."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _DeadlineExceeded
+        with self._lock:
+            self._conns, self._socks, self._fired = [], [], False
+        done = threading.Event()
+        watchdog = threading.Thread(target=self._watch, args=(deadline, done), daemon=True, name="harvest-watchdog")
+        watchdog.start()
+        try:
+            try:
+                with self.session.get(url, timeout=(remaining, remaining), stream=True, headers=headers) as response:
+                    chunks = []
+                    for chunk in response.iter_content(1 << 16):
+                        chunks.append(chunk)
+                        if time.monotonic() > deadline:
+                            raise _DeadlineExceeded
+                    status, resp_headers = response.status_code, response.headers
+            except Exception:
+                if self._fired:  # whatever broke, it broke because the watchdog shut the socket down
+                    raise _DeadlineExceeded from None
+                raise
+            if self._fired:  # the body may have "ended" only because its socket was shut down
+                raise _DeadlineExceeded
+            return status, resp_headers, b"".join(chunks)
+        finally:
+            done.set()
+            watchdog.join()
+            with self._lock:
+                fired, self._conns, self._socks = self._fired, [], []
+            if fired:  # drop connections the watchdog broke
+                self.session.close()
+                self.session = self._new_session()
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _get_page(client: _DeadlineClient, url: str, timeout: float, retries: int, backoff: float) -> dict:
     """GET one OPTIMADE page and return its JSON document (validated shape).
 
-    Retries HTTP 429/5xx, read timeouts and dropped connections ``retries`` times with exponential
-    backoff (honouring ``meta.request_delay``/``Retry-After`` up to 30 s). A server that cannot be
-    connected to at all fails at once: the harvest state is on disk, so rerunning resumes.
+    Each attempt must complete within ``timeout`` s (whole request). HTTP 429/5xx, missed deadlines,
+    read failures and dropped connections are retried up to ``retries`` times with exponential backoff
+    (``backoff``, ``2 * backoff``, ...; at least ``Retry-After`` when the server sends one, at most 30 s),
+    all within ``timeout * max(1, retries)`` seconds for the page: an attempt is cut at that budget and a
+    retry whose backoff does not fit is not made. A server that cannot be connected to at all fails at
+    once: the harvest state is on disk, so rerunning resumes.
     """
     import requests
 
-    last: str = ""
+    start = time.monotonic()
+    give_up = start + timeout * max(1, retries)
+    headers = {"Accept": "application/vnd.api+json, application/json"}
+    last, timed_out, attempts, wait = "", False, 0, 0.0
     for attempt in range(retries + 1):
         if attempt:
-            time.sleep(min(backoff * 2 ** (attempt - 1), 30.0))
+            wait = max(wait, min(backoff * 2 ** (attempt - 1), 30.0))
+            if time.monotonic() + wait >= give_up:
+                break
+            time.sleep(wait)
+        wait = 0.0
+        attempts += 1
         try:
-            response = session.get(
-                url, timeout=timeout, headers={"Accept": "application/vnd.api+json, application/json"}
-            )
+            status, resp_headers, body = client.get(url, min(time.monotonic() + timeout, give_up), headers)
+        except _DeadlineExceeded:
+            last, timed_out = f"no complete response within {timeout:g} s", True
+            continue
         except requests.exceptions.RequestException as exc:
             if _connect_failed(exc):
-                raise DataUnavailableError(
+                raise HarvestUnavailableError(
                     f"cannot connect to the OPTIMADE server ({type(exc).__name__})", url
                 ) from exc
-            last = f"{type(exc).__name__}: {exc}"
+            last, timed_out = _one_line(f"{type(exc).__name__}: {exc}"), False
             continue
-        if response.status_code in _RETRY_STATUS:
-            last = f"HTTP {response.status_code}: {_error_detail(response)}"
-            retry_after = response.headers.get("Retry-After", "")
-            if retry_after.isdigit() and attempt < retries:
-                time.sleep(min(float(retry_after), 30.0))
+        if status in _RETRY_STATUS:
+            last, timed_out = f"HTTP {status}: {_error_detail(body)}", False
+            retry_after = resp_headers.get("Retry-After", "")
+            if retry_after.isdigit():
+                wait = min(float(retry_after), 30.0)
             continue
-        if response.status_code != 200:
-            raise OptimadeResponseError(
-                f"HTTP {response.status_code} instead of an OPTIMADE page: {_error_detail(response)}", url
-            )
+        if status != 200:
+            raise OptimadeResponseError(f"HTTP {status} instead of an OPTIMADE page: {_error_detail(body)}", url)
         try:
-            doc = response.json()
+            doc = json.loads(body)
         except ValueError:
-            ctype = response.headers.get("Content-Type", "?")
-            raise OptimadeResponseError(
-                f"response is not JSON (Content-Type {ctype}): {response.text[:120]!r}", url
-            ) from None
+            ctype = resp_headers.get("Content-Type", "?")
+            raise OptimadeResponseError(f"response is not JSON (Content-Type {ctype}): {body[:120]!r}", url) from None
         if not isinstance(doc, dict) or not isinstance(doc.get("data"), list) or not isinstance(doc.get("meta"), dict):
             keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
             raise OptimadeResponseError(
                 f"not an OPTIMADE entry listing (needs 'data' list and 'meta'; got {keys})", url
             )
         return doc
-    raise DataUnavailableError(f"OPTIMADE server kept failing after {retries + 1} attempts ({last})", url)
+    tries = f"{attempts} attempt{'s' if attempts != 1 else ''} in {time.monotonic() - start:.1f} s"
+    if timed_out:
+        raise HarvestTimeoutError(f"OPTIMADE server sent no complete response within {timeout:g} s ({tries})", url)
+    raise HarvestUnavailableError(f"OPTIMADE server kept failing ({tries}; last: {last})", url)
 
 
 def _next_url(doc: dict, url: str) -> str | None:
@@ -436,8 +625,9 @@ def harvest(
     variant: str = "reduced",
     timeout: float = DEFAULT_TIMEOUT,
     progress: bool = True,
-    retries: int = 3,
+    retries: int = DEFAULT_RETRIES,
     backoff: float = 2.0,
+    max_pages: int | None = None,
 ) -> pd.DataFrame:
     """Harvest ``{base_url}/v1/structures`` (optionally filtered) into SCOPE strings, resumably.
 
@@ -453,10 +643,16 @@ def harvest(
             (whole pages are kept, so up to ``page_limit - 1`` more may be returned). A later call
             with a larger value, or ``None``, continues where this one stopped.
         variant: SCOPE variant passed to :func:`cloudlib.scope.structure_to_scope`.
-        timeout: seconds per HTTP request (connect and read).
+        timeout: seconds one HTTP request may take in all (connect, headers and body together, however
+            the bytes trickle in); a request still running then is aborted.
         progress: show a tqdm bar (total = ``meta.data_returned`` when the server reports it).
-        retries, backoff: retries of HTTP 429/5xx/read failures per page, with exponential backoff
-            starting at ``backoff`` seconds. Connection refused/DNS failure is not retried.
+        retries, backoff: retries of HTTP 429/5xx, missed deadlines and read failures per page, with
+            exponential backoff starting at ``backoff`` seconds, all within ``timeout * max(1, retries)``
+            seconds per page (backoff included; a retry that does not fit is not made). Connection
+            refused/DNS failure is not retried.
+        max_pages: stop once this many pages are on disk in ``out_dir`` (like ``max_structures``, a later
+            call with a larger value or ``None`` continues). The listing also ends by itself when as many
+            entries as ``meta.data_returned`` (first page) have arrived, whatever ``links.next`` says.
 
     Returns:
         DataFrame with columns :data:`COLUMNS` (all strings, RangeIndex; ids are not unique across
@@ -464,26 +660,36 @@ def harvest(
         duplicates by id removed. Failed entries have ``scope == ""`` and ``error`` set.
 
     Raises:
-        DataUnavailableError: the server cannot be reached or keeps failing (names the URL).
-        OptimadeResponseError: the server's answer is not an OPTIMADE response.
+        HarvestUnavailableError: the server cannot be reached or keeps failing (a
+            ``DataUnavailableError``; names the URL).
+        HarvestTimeoutError: no attempt at a page completed within ``timeout`` s (a silent or trickling server).
+        OptimadeResponseError: the server's answer is not an OPTIMADE response, or ``links.next`` loops.
         InvalidFilterError: ``filter`` is not valid OPTIMADE filter syntax.
         DataError: ``out_dir`` holds a different harvest or a damaged state.
-    """
-    import requests
 
+        Pages harvested before any of these stay on disk; calling again resumes.
+    """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if int(page_limit) < 1:
         raise ValueError(f"page_limit must be >= 1, got {page_limit}")
     if max_structures is not None and max_structures < 0:
         raise ValueError(f"max_structures must be >= 0 or None, got {max_structures}")
+    if max_pages is not None and max_pages < 0:
+        raise ValueError(f"max_pages must be >= 0 or None, got {max_pages}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
     endpoint = structures_url(base_url)
     _check_filter(filter)
     out_dir = Path(out_dir)
     state = _load_state(out_dir, endpoint, filter, variant, page_limit)
 
     def budget_left() -> bool:
-        return max_structures is None or state["rows"] < max_structures
+        return (max_structures is None or state["rows"] < max_structures) and (
+            max_pages is None or state["pages"] < max_pages
+        )
 
     if state["complete"] or not state["next_url"] or not budget_left():
         return _load_parts(out_dir, state)
@@ -499,40 +705,44 @@ def harvest(
             desc=f"harvest {urlsplit(endpoint).netloc}",
         )
     visited: set[str] = set()
+    client = _DeadlineClient()
     try:
-        with requests.Session() as session:
-            while state["next_url"] and budget_left():
-                url = state["next_url"]
-                visited.add(url)
-                doc = _get_page(session, url, timeout, retries, backoff)
-                meta = doc["meta"]
-                if state["provider"] is None:
-                    state["provider"] = _provider_name(doc, endpoint)
-                if state["data_returned"] is None and isinstance(meta.get("data_returned"), int):
-                    state["data_returned"] = meta["data_returned"]
-                    if bar is not None:
-                        bar.total = state["data_returned"]
-                        bar.refresh()
-                nxt = _next_url(doc, url)
-                if nxt in visited:  # checked before writing, so a loop never duplicates a page
-                    raise OptimadeResponseError(f"links.next points back to a page already fetched ({nxt})", url)
-                if not doc["data"]:
-                    nxt = None  # an empty page ends the listing, whatever links.next says
-                if doc["data"]:
-                    rows = _page_rows(doc, url, state["provider"], variant)
-                    write_csv(out_dir / _part_name(state["pages"]), rows, index=False)
-                    n_ok = int((rows["error"] == "").sum())
-                    state["pages"] += 1
-                    state["rows"] += len(rows)
-                    state["n_scope"] += n_ok
-                    state["n_failed"] += len(rows) - n_ok
-                    if bar is not None:
-                        bar.update(len(rows))
-                state["next_url"] = nxt
-                state["complete"] = nxt is None
-                state["updated"] = _now()
-                write_json(out_dir / STATE_FILE, state)
+        while state["next_url"] and budget_left():
+            url = state["next_url"]
+            visited.add(url)
+            doc = _get_page(client, url, timeout, retries, backoff)
+            meta = doc["meta"]
+            if state["provider"] is None:
+                state["provider"] = _provider_name(doc, endpoint)
+            if state["data_returned"] is None and isinstance(meta.get("data_returned"), int):
+                state["data_returned"] = meta["data_returned"]
+                if bar is not None:
+                    bar.total = state["data_returned"]
+                    bar.refresh()
+            nxt = _next_url(doc, url)
+            announced = state["data_returned"]
+            if announced is not None and state["rows"] + len(doc["data"]) >= announced:
+                nxt = None  # every entry the server announced is here: done, whatever links.next says
+            elif nxt in visited:  # checked before writing, so a loop never duplicates a page
+                raise OptimadeResponseError(f"links.next points back to a page already fetched ({nxt})", url)
+            if not doc["data"]:
+                nxt = None  # an empty page ends the listing, whatever links.next says
+            if doc["data"]:
+                rows = _page_rows(doc, url, state["provider"], variant)
+                write_csv(out_dir / _part_name(state["pages"]), rows, index=False)
+                n_ok = int((rows["error"] == "").sum())
+                state["pages"] += 1
+                state["rows"] += len(rows)
+                state["n_scope"] += n_ok
+                state["n_failed"] += len(rows) - n_ok
+                if bar is not None:
+                    bar.update(len(rows))
+            state["next_url"] = nxt
+            state["complete"] = nxt is None
+            state["updated"] = _now()
+            write_json(out_dir / STATE_FILE, state)
     finally:
+        client.close()
         if bar is not None:
             bar.close()
 

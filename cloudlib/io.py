@@ -17,12 +17,53 @@ def umask() -> int:
     return mask
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_parts(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary ``.NAME.PID.*.part`` files/folders a killed writer of ``path`` left behind (their
+    process is gone); returns what was removed. Parts of live writers are left alone."""
+    path = Path(path)
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{glob_escape(path.name)}.*.part"))
+    except OSError:
+        return removed
+    for q in candidates:
+        pid = q.name[len(path.name) + 2 :].split(".", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            shutil.rmtree(q) if q.is_dir() and not q.is_symlink() else q.unlink()
+            removed.append(q)
+        except FileNotFoundError:  # another writer removed it first
+            pass
+        except OSError:
+            pass
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path`` (``.NAME.PID.XXXX.part``); rename it over ``path`` only if the
+    block succeeds. Parts left by writers that were killed (SIGKILL, power loss) are removed on the next write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    remove_stale_parts(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".part")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -49,8 +90,10 @@ def write_json(path, obj, **kw) -> Path:
 
 
 def write_csv(path, df, **kw) -> Path:
-    """Atomically write a DataFrame as CSV (gzip when the name ends in .gz)."""
+    """Atomically write a DataFrame as CSV (gzip when the name ends in .gz). Text that UTF-8 cannot encode (the
+    surrogate escapes of an undecodable file name) is written as ``\\udcNN`` rather than failing the write."""
     path = Path(path)
+    kw.setdefault("errors", "backslashreplace")
     with atomic_path(path) as tmp:
         df.to_csv(tmp, compression="gzip" if path.suffix == ".gz" else None, **kw)
     return path
@@ -62,7 +105,8 @@ def atomic_dir(path: str | os.PathLike):
     folder is moved aside first and removed after), with the usual permissions. On failure ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part"))
+    remove_stale_parts(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".part"))
     try:
         yield tmp
         mask = umask()  # mkdtemp/mkstemp create 0700/0600: give everything the usual permissions
@@ -79,3 +123,67 @@ def atomic_dir(path: str | os.PathLike):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- model folders
+
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: str | os.PathLike) -> Path:
+    """Record every file of ``folder`` (size and sha256) in ``folder/manifest.json``, so a later load can tell a
+    complete folder from a truncated or tampered one (:func:`verify_manifest`)."""
+    folder = Path(folder)
+    files = {
+        f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+        for f in sorted(folder.iterdir())
+        if f.is_file() and f.name != MANIFEST and not f.name.startswith(".")
+    }
+    return write_json(folder / MANIFEST, {"format": 1, "files": files}, indent=1)
+
+
+def verify_manifest(folder: str | os.PathLike, required: tuple[str, ...] = (), kind: str = "model") -> None:
+    """Raise :class:`~cloudlib.errors.ModelError` naming the folder and the file when a file recorded in
+    ``manifest.json`` is missing, has another size or another sha256, when the manifest is not valid JSON, or
+    (with or without a manifest) when a ``required`` file is missing or empty."""
+    from .errors import ModelError
+
+    folder = Path(folder)
+    if not folder.exists():
+        raise ModelError(f"no such {kind} folder", str(folder))
+    if not folder.is_dir():
+        raise ModelError(f"not a folder (a {kind} is a folder of files)", str(folder))
+    recorded: dict = {}
+    if (folder / MANIFEST).is_file():
+        try:
+            recorded = json.loads((folder / MANIFEST).read_text())["files"]
+            assert isinstance(recorded, dict)
+        except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{MANIFEST} is not a valid manifest ({type(exc).__name__})", str(folder)) from exc
+    for name in required:
+        f = folder / name
+        if not f.is_file():
+            raise ModelError(f"incomplete {kind} folder: {name} is missing", str(folder))
+        if f.stat().st_size == 0:
+            raise ModelError(f"incomplete {kind} folder: {name} is empty", str(folder))
+    for name, rec in recorded.items():
+        f = folder / name
+        if not f.is_file():
+            raise ModelError(f"incomplete {kind} folder: {name} is missing (it was saved with the folder)", str(folder))
+        size = f.stat().st_size
+        if size != rec.get("bytes"):
+            raise ModelError(
+                f"{name} has {size:,} bytes, {rec.get('bytes'):,} when saved: truncated or replaced", str(folder)
+            )
+        if rec.get("sha256") and _sha256(f) != rec["sha256"]:
+            raise ModelError(f"{name} does not match the sha256 recorded when it was saved: corrupted", str(folder))

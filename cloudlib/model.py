@@ -28,7 +28,7 @@ from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 
 from .errors import ModelError
-from .io import atomic_dir, write_json
+from .io import atomic_dir, verify_manifest, write_json, write_manifest
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,7 @@ def save(model, tokenizer, path: str | os.PathLike) -> Path:
     with atomic_dir(path) as tmp, quiet_loading():
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_manifest(tmp)
     return path
 
 
@@ -154,9 +155,10 @@ def export_encoder(source: str | os.PathLike, dest: str | os.PathLike, card: dic
         raise ModelError("not a saved model folder (no config.json)", str(source))
     with atomic_dir(dest) as tmp:
         for f in source.iterdir():
-            if f.is_file():
+            if f.is_file() and f.name != "manifest.json":
                 shutil.copy2(f, tmp / f.name)
         write_json(tmp / "training_summary.json", card)
+        write_manifest(tmp)
     return Path(dest)
 
 
@@ -167,7 +169,13 @@ def load_mlm(path: str | os.PathLike, subfolder: str = ""):
     from .tokenizer import from_bert_vocab, load_tokenizer
 
     folder = Path(path) / subfolder
-    model = AutoModelForMaskedLM.from_pretrained(folder, attn_implementation="sdpa")
+    verify_manifest(folder, ("config.json",), kind="encoder")
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(folder, attn_implementation="sdpa")
+    except Exception as exc:  # truncated safetensors, garbage config.json ...
+        raise ModelError(
+            f"cannot load the encoder ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})", str(folder)
+        ) from exc
     if (folder / "tokenizer.json").exists():
         tok = load_tokenizer(folder)
     elif (folder / "vocab.txt").exists():
@@ -339,3 +347,51 @@ class CurveRegressor(nn.Module):
         b, k = cls.shape[0], f.shape[0]
         z = torch.cat([cls[:, None, :].expand(b, k, -1).float(), f[None].expand(b, k, -1).float()], dim=-1)
         return fp32(self.head, z).squeeze(-1)
+
+
+class CloudDebyeEinstein(nn.Module):
+    """Encoder -> head -> a Debye + ``n_einstein`` Einstein phonon spectrum per crystal (:func:`cloudlib.debye.
+    mixture_thermodynamics`): Θ_D, Θ_E,i and the shares w of the 3N modes. ``forward`` returns the packed
+    parameters [B, 2 + 2m] (float64): Θ_D, Θ_E,1..m, w_0..w_m; :meth:`unpack` splits them.
+
+    Θ_D = exp(μ + σ h_0) as in :class:`CloudDebye`; Θ_E,i = exp(μ + c_i + σ h_i) with fixed offsets c_i spread
+    over [log 1.2, log 3] (optical modes sit above the Debye temperature, and distinct offsets break the symmetry
+    between the Einstein terms); w = softmax(g + b) with b giving the Debye term half the modes at h = 0.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        dropout: float = 0.1,
+        log_theta_mean: float = math.log(400.0),
+        log_theta_std: float = 0.5,
+        n_einstein: int = 2,
+    ):
+        super().__init__()
+        if n_einstein < 1:
+            raise ValueError(f"n_einstein must be >= 1, got {n_einstein}")
+        self.encoder = encoder
+        h = encoder.config.hidden_size
+        self.n_einstein = int(n_einstein)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, 2 + 2 * n_einstein))
+        self.register_buffer("mu", torch.tensor(float(log_theta_mean), dtype=torch.float64))
+        self.register_buffer("sigma", torch.tensor(float(log_theta_std), dtype=torch.float64))
+        offsets = torch.linspace(math.log(1.2), math.log(3.0), n_einstein, dtype=torch.float64)
+        self.register_buffer("offsets", offsets)
+        bias = torch.full((n_einstein + 1,), math.log(0.5 / n_einstein), dtype=torch.float64)
+        bias[0] = math.log(0.5)
+        self.register_buffer("weight_bias", bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        cls = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
+        z = fp32(self.head, cls).double()
+        m = self.n_einstein
+        theta_d = torch.exp(self.mu + self.sigma * z[:, :1])
+        theta_e = torch.exp(self.mu + self.offsets + self.sigma * z[:, 1 : 1 + m])
+        w = torch.softmax(z[:, 1 + m :] + self.weight_bias, dim=-1)
+        return torch.cat([theta_d, theta_e, w], dim=-1)
+
+    def unpack(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Θ_D [B], Θ_E [B, m], w [B, m + 1]) from :meth:`forward`'s output."""
+        m = self.n_einstein
+        return params[:, 0], params[:, 1 : 1 + m], params[:, 1 + m :]

@@ -11,10 +11,17 @@ Every file is fetched in this order and checked against its sha256 before use:
 A file whose bytes do not match raises :class:`~cloudlib.errors.ChecksumError` naming the file and
 both hashes; when no source can deliver, :class:`~cloudlib.errors.DataUnavailableError` lists what
 was tried.
+
+Several processes may fetch the same file at once (parallel notebooks, ``data fetch`` in two shells):
+a good cache entry is read without locking (files are only ever replaced atomically), while repairing
+a missing or corrupted entry (re-verify, remove, download, write) happens under an exclusive
+``fcntl`` lock on ``<cache>/.locks/<name>.lock``, so one process repairs it and the others then find
+it good. Where no lock file can be created (a read-only cache) it proceeds without one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tarfile
@@ -312,15 +319,44 @@ def _check(data: bytes, expected: str, what: str, source: str) -> bytes:
     return data
 
 
+@contextlib.contextmanager
+def _cache_lock(name: str):
+    """Exclusive inter-process lock for cache entry ``name`` (blocking; released on exit).
+
+    ``fcntl.flock`` on ``<cache>/.locks/<name>.lock``; the lock files stay (empty) so that the lock is
+    always taken on the same inode. Without ``fcntl`` or when the file cannot be created, no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    lock_path = paths.cache_dir() / ".locks" / f"{name}.lock"
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # read-only cache: nothing will be written there either
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def _from_archive(ds: Dataset) -> bytes:
     """The member's bytes from the pinned PyPI distribution (cached under data/cache/pypi)."""
     archive = paths.cache_dir() / "pypi" / ds.archive
-    if archive.exists() and sha256_file(archive) != ds.archive_sha256:
-        archive.unlink()  # a stale or truncated download: fetch again
-    if not archive.exists():
-        if _offline():
-            raise DataUnavailableError("offline ($CLOUD_OFFLINE) and not cached", ds.archive)
-        write_bytes(archive, _check(download(ds.archive_url), ds.archive_sha256, ds.archive, ds.archive_url))
+    if not (archive.is_file() and sha256_file(archive) == ds.archive_sha256):
+        with _cache_lock(f"pypi/{ds.archive}"):  # one process repairs or downloads it, the others wait
+            if archive.is_file() and sha256_file(archive) != ds.archive_sha256:
+                archive.unlink(missing_ok=True)  # a stale or truncated download: fetch again
+            if not archive.is_file():
+                if _offline():
+                    raise DataUnavailableError("offline ($CLOUD_OFFLINE) and not cached", ds.archive)
+                blob = _check(download(ds.archive_url), ds.archive_sha256, ds.archive, ds.archive_url)
+                write_bytes(archive, blob)
     if ds.archive.endswith(".whl"):
         with zipfile.ZipFile(archive) as z:
             return z.read(ds.member)
@@ -339,15 +375,28 @@ def fetch_with(name: str, accept, remote=None, remote_label: str = "", hint: str
     is none, ``remote_label`` says why). A good download is cached under ``data/cache/<name>``; the mirror is
     read in place, never copied. A checksum mismatch is raised when no source gave good bytes.
     """
-    tried: list[str] = []
     cached = paths.cache_dir() / name
-    if cached.is_file():
+    with contextlib.suppress(DataError, FileNotFoundError):  # fast path, no lock: a good entry never changes
+        if cached.is_file():
+            accept(cached.read_bytes(), f"cache {cached}")
+            return cached
+    if not cached.exists() and (remote is None or _offline()):  # nothing to repair or write: the mirror only
+        return _fetch_from_sources(name, cached, accept, remote, remote_label, hint)
+    with _cache_lock(name):  # missing or corrupted: re-check, repair and fetch in one process at a time
+        return _fetch_from_sources(name, cached, accept, remote, remote_label, hint)
+
+
+def _fetch_from_sources(name: str, cached: Path, accept, remote, remote_label: str, hint: str) -> Path:
+    """The body of :func:`fetch_with` after the fast path; called under the entry's lock whenever it may
+    remove or write the cache entry."""
+    tried: list[str] = []
+    if cached.is_file():  # another process may have repaired it while this one waited for the lock
         try:
             accept(cached.read_bytes(), f"cache {cached}")
             return cached
         except DataError as exc:  # corrupted or stale cache entry: fetch it again below
             tried.append(f"cache {cached}: {exc}")
-            cached.unlink()
+            cached.unlink(missing_ok=True)
     mismatch: ChecksumError | None = None
     if remote is None:
         tried.append(remote_label or "no public URL")

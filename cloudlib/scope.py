@@ -26,9 +26,15 @@ from __future__ import annotations
 
 import functools
 import gzip
+import itertools
 import json
+import math
 import multiprocessing as mp
 import os
+import pickle
+import signal
+import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from importlib.resources import files
 from pathlib import Path
@@ -48,8 +54,11 @@ from .errors import (
     OverlappingAtomsError,
     StructureError,
     StructureParseError,
+    StructureTimeoutError,
+    StructureTooLargeError,
     SymmetryError,
     UnknownSpeciesError,
+    WorkerDiedError,
 )
 
 VARIANTS = ("reduced", "full")
@@ -65,6 +74,15 @@ PAPER_GENERATOR_OVERRIDES = {
 
 #: Two atoms closer than this (Angstrom) make a structure invalid (spglib does not always notice).
 MIN_DISTANCE = 0.5
+
+#: Default largest number of atoms in the cell given to spglib (and the most a CIF may describe before it is
+#: parsed). MatBench crystals have at most a few hundred atoms; the largest structures of the offline corpus
+#: are CoRE MOF 2019 cells of up to 10,560 atoms (LAFRAN01, RIVDEH, RIVDIL: P1 CIFs of 10,560 atom-site rows).
+#: Above this, pymatgen's CIF parser and spglib take many minutes per structure.
+MAX_ATOMS = 20_000
+
+#: Default per-structure time limit (seconds) when a batch runs in worker processes (:func:`scope_table`).
+STRUCTURE_TIMEOUT = 600.0
 
 
 @functools.cache
@@ -123,12 +141,20 @@ def _species_symbol(sp: Any, site_index: int, name: object) -> str:
     return el.symbol
 
 
-def structure_cell(structure: Structure, name: object = None) -> tuple:
-    """Validate a structure and reduce it to the payload spglib needs (raises StructureError)."""
+def _check_size(n: int, max_atoms: int | None, name) -> None:
+    if max_atoms is not None and n > max_atoms:
+        raise StructureTooLargeError(f"{n} atoms in the cell > max_atoms={max_atoms}", name)
+
+
+def structure_cell(structure: Structure, name: object = None, max_atoms: int | None = MAX_ATOMS) -> tuple:
+    """Validate a structure and reduce it to the payload spglib needs (raises StructureError).
+
+    More than ``max_atoms`` sites (None: no limit) raise StructureTooLargeError before any per-site work."""
     if not isinstance(structure, Structure):
         raise StructureError(f"expected a pymatgen Structure, got {type(structure).__name__}", name)
     if len(structure) == 0:
         raise StructureError("structure has no sites", name)
+    _check_size(len(structure), max_atoms, name)
     unique: dict[Any, int] = {}
     symbols: list[str] = []
     numbers = np.empty(len(structure), dtype=np.intc)
@@ -155,20 +181,135 @@ def structure_cell(structure: Structure, name: object = None) -> tuple:
     return (name, lattice, frac, numbers, symbols)
 
 
-def _check_overlap(name, lattice: np.ndarray, frac: np.ndarray, min_distance: float) -> None:
-    """Raise OverlappingAtomsError if two sites are closer than min_distance (minimum image)."""
+# --------------------------------------------------------------------------- overlapping atoms
+# The distance of sites i and j is that of the image that rounding their fractional difference picks:
+# |(f_i - f_j - rint(f_i - f_j)) @ lattice|, an atom's own images are not counted. This is the true
+# minimum-image distance whenever it is below half the cell's smallest interplanar spacing, i.e. for every
+# ordinary cell and min_distance; only very thin or skewed cells can differ. Small cells compute it for all
+# pairs; larger ones for the pairs a periodic k-d tree finds within min_distance (a superset of the pairs
+# this distance puts below it: it is never shorter than the true minimum-image distance), which is
+# O(n log n) in time and O(n) in memory. Same pairs, same arithmetic, same pair reported.
+
+#: Cells with at most this many sites take the all-pairs path (faster than building a tree).
+_DENSE_MAX = 200
+#: Pairs per block of the all-pairs path: bounds its memory (~100 bytes a pair) whatever the cell size, and
+#: keeps each product below the size where OpenBLAS goes multi-threaded (30x slower on a busy 2-core machine).
+_DENSE_BLOCK = 1 << 15
+#: The tree path falls back to all pairs when the periodic images it needs exceed this many times the sites
+#: (a cell thinner than min_distance), or when it would hold more than this many neighbour entries.
+_MAX_IMAGE_FACTOR = 8.0
+_MAX_NEIGHBOUR_ENTRIES = 1 << 23
+
+
+def _pair_dist2(lattice: np.ndarray, frac: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    d = frac[i] - frac[j]
+    d -= np.rint(d)
+    cart = d @ lattice
+    return np.einsum("ij,ij->i", cart, cart)
+
+
+def _closest_pair_dense(lattice: np.ndarray, frac: np.ndarray) -> tuple[float, int, int]:
+    """(squared distance, i, j) with i < j of the closest pair over all pairs; ties go to the smallest (i, j).
+
+    Row blocks of the n x n distance matrix, so memory stays bounded for any n (time is O(n^2))."""
+    n = len(frac)
+    rows = max(1, _DENSE_BLOCK // n)
+    best = (math.inf, -1, -1)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        d = frac[start:stop, None, :] - frac[None, :, :]
+        d -= np.rint(d)
+        cart = d.reshape(-1, 3) @ lattice
+        dist2 = np.einsum("ij,ij->i", cart, cart)
+        dist2[np.arange(stop - start) * (n + 1) + start] = np.inf  # self-distances
+        k = int(dist2.argmin())
+        if dist2[k] < best[0]:  # strict: the first minimum in row-major order wins, as one argmin would pick
+            i, j = divmod(k, n)
+            i += start
+            best = (float(dist2[k]), min(i, j), max(i, j))
+    return best
+
+
+def _neighbour_candidates(lattice: np.ndarray, frac: np.ndarray, radius: float):
+    """Pairs (i, j), i < j, of distinct sites with some periodic image closer than ``radius``
+    (a few duplicates possible), or None when the cell calls for the all-pairs path."""
+    from pymatgen.core import Lattice
+    from scipy.spatial import cKDTree
+
+    n = len(frac)
+    reduced = Lattice(lattice).get_lll_reduced_lattice().matrix  # same lattice points, fewest images needed
+    inv = np.linalg.inv(reduced)
+    cart = (frac - np.floor(frac)) @ lattice
+    f = cart @ inv
+    f -= np.floor(f)
+    # An image within `radius` of a point of the home cell lies within e_k = radius / spacing_k of it along
+    # each reduced axis (the spacing of the lattice planes is 1 / |column k of inv|).
+    e = radius * np.linalg.norm(inv, axis=0) + 1e-9
+    if np.prod(1 + 2 * e) > _MAX_IMAGE_FACTOR:
+        return None
+    points, owner = [f @ reduced], [np.arange(n)]
+    reach = np.ceil(e).astype(int)
+    for shift in itertools.product(*(range(-r, r + 1) for r in reach)):
+        if shift == (0, 0, 0):
+            continue
+        g = f + shift
+        keep = np.nonzero(((g > -e) & (g < 1 + e)).all(axis=1))[0]
+        if len(keep):
+            points.append(g[keep] @ reduced)
+            owner.append(keep)
+    points, owner = np.concatenate(points), np.concatenate(owner)
+    tree = cKDTree(points)
+    m = len(points)
+    todo, k = np.arange(n), min(16, m)
+    rows, cols = [], []
+    while len(todo):
+        if len(todo) * k > _MAX_NEIGHBOUR_ENTRIES:
+            return None
+        _, nb = tree.query(points[todo], k=k, distance_upper_bound=radius)
+        full = nb[:, -1] < m if k < m else np.zeros(len(todo), bool)  # k neighbours found: maybe more
+        part = ~full
+        hit = nb[part] < m
+        rows.append(np.broadcast_to(todo[part, None], nb[part].shape)[hit])
+        cols.append(owner[nb[part][hit]])
+        todo, k = todo[full], min(4 * k, m)
+    i, j = np.concatenate(rows), np.concatenate(cols)
+    distinct = i != j
+    i, j = i[distinct], j[distinct]
+    return np.minimum(i, j), np.maximum(i, j)
+
+
+def _closest_pair(
+    lattice: np.ndarray, frac: np.ndarray, min_distance: float, dense_max: int | None = None
+) -> tuple[float, int, int] | None:
+    """(squared distance, i, j), i < j, of the closest pair of distinct sites if it is closer than
+    ``min_distance`` (the pair :func:`_closest_pair_dense` reports), else None."""
     n = len(frac)
     if n < 2:
-        return
-    d = frac[:, None, :] - frac[None, :, :]
-    d -= np.rint(d)
-    cart = d.reshape(-1, 3) @ lattice
-    dist2 = np.einsum("ij,ij->i", cart, cart)
-    dist2[:: n + 1] = np.inf  # self-distances
-    k = int(dist2.argmin())
-    if dist2[k] < min_distance**2:
-        i, j = sorted(divmod(k, n))
-        raise OverlappingAtomsError(f"sites {i} and {j} are {np.sqrt(dist2[k]):.3f} A apart (< {min_distance} A)", name)
+        return None
+    if n <= (_DENSE_MAX if dense_max is None else dense_max):
+        best = _closest_pair_dense(lattice, frac)
+    else:
+        # margin: the tree sees wrapped, re-based coordinates (a few ulps off); it only has to find a superset
+        margin = 1e-6 * (1 + min_distance) + 1e-12 * float(np.abs(lattice).sum())
+        pairs = _neighbour_candidates(lattice, frac, min_distance + margin)
+        if pairs is None:
+            best = _closest_pair_dense(lattice, frac)
+        else:
+            i, j = pairs
+            if not len(i):
+                return None
+            dist2 = _pair_dist2(lattice, frac, i, j)
+            k = np.lexsort((j, i, dist2))[0]
+            best = (float(dist2[k]), int(i[k]), int(j[k]))
+    return best if best[0] < min_distance**2 else None
+
+
+def check_overlap(name, lattice: np.ndarray, frac: np.ndarray, min_distance: float) -> None:
+    """Raise OverlappingAtomsError if two sites are closer than min_distance (see the comment above)."""
+    best = _closest_pair(lattice, frac, min_distance)
+    if best is not None:
+        dist2, i, j = best
+        raise OverlappingAtomsError(f"sites {i} and {j} are {np.sqrt(dist2):.3f} A apart (< {min_distance} A)", name)
 
 
 def cell_to_scope(
@@ -177,11 +318,16 @@ def cell_to_scope(
     symprec: float = 0.01,
     angle_tolerance: float = 5.0,
     min_distance: float = MIN_DISTANCE,
+    max_atoms: int | None = MAX_ATOMS,
 ) -> str:
     """SCOPE string of a validated cell (see :func:`structure_cell`)."""
     name, lattice, frac, numbers, symbols = cell
-    _check_overlap(name, lattice, frac, min_distance)
-    ds = spglib.get_symmetry_dataset((lattice, frac, numbers), symprec=symprec, angle_tolerance=angle_tolerance)
+    _check_size(len(numbers), max_atoms, name)
+    check_overlap(name, lattice, frac, min_distance)
+    try:
+        ds = spglib.get_symmetry_dataset((lattice, frac, numbers), symprec=symprec, angle_tolerance=angle_tolerance)
+    except Exception as exc:  # spglib >= 2.5 raises SpglibCppError on cells it cannot search (e.g. 1e12 Å axes)
+        raise SymmetryError(f"spglib failed ({type(exc).__name__}: {exc})", name) from exc
     if ds is None:
         raise SymmetryError(f"spglib could not determine the space group (symprec={symprec})", name)
     spg = int(ds.number)
@@ -207,36 +353,172 @@ def structure_to_scope(
     variant: str = "reduced",
     symprec: float = 0.01,
     angle_tolerance: float = 5.0,
+    max_atoms: int | None = MAX_ATOMS,
 ) -> str:
     """SCOPE string of a pymatgen Structure.
 
     Raises a :class:`~cloudlib.errors.StructureError` subclass naming the problem for disordered
-    sites, dummy species, overlapping atoms, degenerate lattices and spglib failures.
+    sites, dummy species, overlapping atoms, degenerate lattices, more than ``max_atoms`` sites
+    (StructureTooLargeError; None: no limit) and spglib failures.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    return cell_to_scope(structure_cell(structure), variant, symprec, angle_tolerance)
+    return cell_to_scope(
+        structure_cell(structure, max_atoms=max_atoms), variant, symprec, angle_tolerance, max_atoms=max_atoms
+    )
 
 
 # --------------------------------------------------------------------------- reading files
 
+_SYMOP_KEYS = (
+    "_symmetry_equiv_pos_as_xyz",
+    "_symmetry_equiv_pos_as_xyz_",
+    "_space_group_symop_operation_xyz",
+    "_space_group_symop_operation_xyz_",
+)
+_SG_NUMBER_KEYS = (
+    "_space_group_IT_number",
+    "_space_group_IT_number_",
+    "_symmetry_Int_Tables_number",
+    "_symmetry_Int_Tables_number_",
+)
 
-def read_structure(path: str | os.PathLike) -> Structure:
+
+@functools.cache
+def _group_orders() -> tuple[dict[str, int], dict[int, int]]:
+    """Space-group symbol (spaces and underscores removed) and number -> operations of its conventional cell."""
+    orders = {n: max(t.values()) for n, t in wyckoff_multiplicities().items()}
+    table = json.loads((files("pymatgen") / "symmetry" / "symm_data.json").read_text())
+    by_symbol = {
+        "".join(key.replace("_", "").split()): orders.get(int(v["int_number"]), 192)
+        for key, v in table["space_group_encoding"].items()
+    }
+    return by_symbol, orders
+
+
+def _symmetry_operations(block: Mapping[str, Any]) -> int:
+    """Upper bound on the symmetry operations pymatgen's CIF parser applies to one data block."""
+    from pymatgen.core.operations import SymmOp
+
+    magnetic = block.get("_space_group_symop_magn_operation.xyz")
+    if magnetic:
+        centering = block.get("_space_group_symop_magn_centering.xyz") or [""]
+        return (len(magnetic) if isinstance(magnetic, list) else 1) * (
+            len(centering) if isinstance(centering, list) else 1
+        )
+    for key in _SYMOP_KEYS:  # the first list that parses, as pymatgen takes it
+        ops = block.get(key)
+        if ops:
+            ops = ops if isinstance(ops, list) else [ops]
+            if len(ops) > 192:  # more than any space group's conventional cell: the length bounds it, unparsed
+                return len(ops)
+            try:
+                for op in ops:
+                    SymmOp.from_xyz_str(op)
+            except Exception:  # pymatgen skips a list that does not parse (ValueError) and tries the next
+                continue
+            return len(ops)
+    by_symbol, by_number = _group_orders()
+    named = False
+    for key, value in block.items():  # a symbol or number instead of the operations: the group's order
+        low = key.lower()
+        if isinstance(value, str) and ("space_group_name" in low or key in _SG_NUMBER_KEYS):
+            named = True
+            if key in _SG_NUMBER_KEYS:
+                try:
+                    return by_number[int(float(value))]
+                except (ValueError, KeyError, OverflowError):
+                    continue
+            order = by_symbol.get("".join(value.replace("_", "").split()))
+            if order:
+                return order
+    return 192 if named else 1  # an unknown symbol: at most 192 (Fm-3m etc.); none at all: P1, as pymatgen
+
+
+def cif_atom_bound(text: str) -> tuple[int, int, int]:
+    """(upper bound on the atoms, atom-site rows, symmetry operations) of CIF text, without building a structure.
+
+    Tokenizes the text with pymatgen's own CIF tokenizer (``CifFile.from_str``, linear: ~0.3 s for 64,000 atom
+    rows) and sums, over the data blocks, the ``_atom_site_`` loop rows times the symmetry operations that
+    pymatgen's parser would apply to them. The true count after symmetry expansion and merging of special
+    positions can only be smaller. Text the tokenizer rejects counts as (0, 0, 0): the parser will say why.
+    """
+    import warnings
+
+    from pymatgen.io.cif import CifFile
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blocks = CifFile.from_str(text).data.values()
+    except Exception:  # the real parser reports it
+        return 0, 0, 0
+    total = rows_all = ops_max = 0
+    for block in blocks:
+        data = block.data
+        rows = max(
+            (
+                len(v) if isinstance(v, list) else 1
+                for k, v in data.items()
+                if k.startswith("_atom_site_") and not k.startswith("_atom_site_aniso")
+            ),
+            default=0,
+        )
+        if rows:
+            ops = _symmetry_operations(data)
+            total += rows * ops
+            rows_all += rows
+            ops_max = max(ops_max, ops)
+    return total, rows_all, ops_max
+
+
+def _check_cif_size(text: str, name: object, max_atoms: int | None) -> None:
+    if max_atoms is None:
+        return
+    bound, rows, ops = cif_atom_bound(text)
+    if bound > max_atoms:
+        raise StructureTooLargeError(
+            f"CIF describes up to {bound} atoms ({rows} atom-site rows x {ops} symmetry operations) > "
+            f"max_atoms={max_atoms}; not parsed",
+            name,
+        )
+
+
+def _is_cif_name(path: Path) -> bool:
+    from fnmatch import fnmatch
+
+    low = path.name.lower()
+    return fnmatch(low, "*.cif*") or fnmatch(low, "*.mcif*")
+
+
+def read_structure(path: str | os.PathLike, max_atoms: int | None = MAX_ATOMS) -> Structure:
     """Read one structure (CIF, POSCAR, pymatgen JSON, ... anything ``Structure.from_file`` reads).
 
-    Raises StructureParseError naming the file for a missing or empty file or one that does not parse.
+    Raises StructureParseError naming the file for a missing or empty file or one that does not parse, and
+    StructureTooLargeError for a CIF that describes more than ``max_atoms`` atoms (counted before parsing;
+    None: no limit).
     """
     import warnings
 
     path = Path(path)
     if not path.is_file():
         raise StructureParseError("no such file", str(path))
-    if path.stat().st_size == 0 or not path.read_bytes().strip():
+    raw = path.read_bytes()
+    if not raw.strip():
         raise StructureParseError("file is empty", str(path))
+    cif = _is_cif_name(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            structure = Structure.from_file(path)
+            if cif:  # read here (as pymatgen would: compressed or not) to count the atoms before parsing
+                from monty.io import zopen
+
+                with zopen(path, mode="rt", errors="replace", encoding="utf-8") as fh:
+                    text = fh.read()
+                _check_cif_size(text, str(path), max_atoms)
+            structure = Structure.from_str(text, fmt="cif") if cif else Structure.from_file(path)
+        except StructureTooLargeError:
+            raise
         except Exception as exc:  # pymatgen raises ValueError, KeyError, IndexError ... for bad files
             hint = "; ".join(dict.fromkeys(str(w.message) for w in caught))[:300]
             msg = f"does not parse as a structure ({type(exc).__name__}: {exc})"
@@ -256,10 +538,12 @@ class PoscarText(str):
     """VASP POSCAR file contents (as JARVIS stores structures), parsed lazily, in the worker that needs it."""
 
 
-def _parse_text(obj: str, name: object) -> Structure:
+def _parse_text(obj: str, name: object, max_atoms: int | None = MAX_ATOMS) -> Structure:
     import ast
     import warnings
 
+    if isinstance(obj, CifText):
+        _check_cif_size(obj, name, max_atoms)
     try:
         if isinstance(obj, (CifText, PoscarText)):
             with warnings.catch_warnings():
@@ -275,12 +559,14 @@ def _parse_text(obj: str, name: object) -> Structure:
         raise StructureParseError(f"{kind} does not parse ({type(exc).__name__}: {exc})", name) from exc
 
 
-def as_structure(obj: Any, name: object = None) -> Structure:
-    """Structure from a Structure, a pymatgen dict, CifText/DictText or a file path."""
+def as_structure(obj: Any, name: object = None, max_atoms: int | None = MAX_ATOMS) -> Structure:
+    """Structure from a Structure, a pymatgen dict, CifText/DictText or a file path.
+
+    ``max_atoms`` guards CIF text and files before pymatgen parses them (see :func:`read_structure`)."""
     if isinstance(obj, Structure):
         return obj
     if isinstance(obj, (CifText, DictText, PoscarText)):
-        return _parse_text(obj, name)
+        return _parse_text(obj, name, max_atoms)
     if isinstance(obj, BaseException):
         raise obj
     if isinstance(obj, Mapping):
@@ -289,7 +575,7 @@ def as_structure(obj: Any, name: object = None) -> Structure:
         except Exception as exc:
             raise StructureParseError(f"not a pymatgen structure dict ({type(exc).__name__}: {exc})", name) from exc
     if isinstance(obj, (str, os.PathLike)):
-        return read_structure(obj)
+        return read_structure(obj, max_atoms)
     raise StructureError(f"cannot make a structure from {type(obj).__name__}", name)
 
 
@@ -301,37 +587,236 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _encode_item(name, item, variant: str, symprec: float, angle_tolerance: float) -> tuple[str | None, str | None]:
+def _encode_item(
+    name, item, variant: str, symprec: float, angle_tolerance: float, max_atoms: int | None = MAX_ATOMS
+) -> tuple[str | None, str | None]:
     """(scope, None) or (None, "ErrorClass: message") for one input item; never raises."""
     try:
-        cell = item if isinstance(item, tuple) else structure_cell(as_structure(item, name), name)
-        return cell_to_scope(cell, variant, symprec, angle_tolerance), None
+        cell = item if isinstance(item, tuple) else structure_cell(as_structure(item, name, max_atoms), name, max_atoms)
+        return cell_to_scope(cell, variant, symprec, angle_tolerance, max_atoms=max_atoms), None
     except Exception as exc:  # StructureError, or anything unexpected: keep going, say what it was
         return None, _error_text(exc)
 
 
-# Inputs for forked workers: set just before the pool forks, so each worker reads the items from memory
-# it inherited instead of having Structures pickled to it (the parent would otherwise do serial work).
-_FORKED: tuple | None = None
-
-
-def _work_forked(i: int):
-    items, variant, symprec, angle_tolerance = _FORKED
-    return _encode_item(*items[i], variant, symprec, angle_tolerance)
-
-
-def _work_shipped(args):
-    return _encode_item(*args)
-
-
-def _shippable(name, obj):
+def _shippable(name, obj, max_atoms: int | None = MAX_ATOMS):
     """For spawn-based pools: a light picklable payload (validated cell, text, path or the error)."""
     if isinstance(obj, (str, os.PathLike)):
         return str(obj) if not isinstance(obj, (CifText, DictText, PoscarText)) else obj
     try:
-        return structure_cell(as_structure(obj, name), name)
-    except StructureError as exc:
+        return structure_cell(as_structure(obj, name, max_atoms), name, max_atoms)
+    except Exception as exc:  # shipped as the item: the worker raises it, the row reports it
         return exc
+
+
+#: Worker start method of :func:`scope_table`'s pools: None picks fork where the platform has it (workers
+#: inherit the items, nothing is pickled), else spawn (items go to the workers as light payloads).
+_START_METHOD: str | None = None
+
+
+def _pool_worker(conn, items, settings: tuple, close: list, progress, slot: int) -> None:
+    """Worker loop: receive chunks (seq, [(index, payload)]), send each chunk's results as one list.
+
+    Before each item the worker writes the chunk's seq, its position in the chunk and the start time
+    (``time.monotonic``) to ``progress[3 * slot : 3 * slot + 3]``, shared memory the parent reads when the
+    worker dies or runs late: no message per item. ``payload`` None (fork): the item is ``items[index]``,
+    inherited from the parent; otherwise the pickled (id, item), unpickled here one at a time so that a
+    payload that kills its worker is blamed alone."""
+    for c in close:  # fork: the parent's ends of this pipe and of the other workers' pipes
+        c.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
+    try:
+        conn.send(None)  # ready
+        while (message := conn.recv()) is not None:
+            seq, task = message
+            results = []
+            progress[3 * slot] = seq
+            for pos, (i, payload) in enumerate(task):
+                progress[3 * slot + 2] = time.monotonic()
+                progress[3 * slot + 1] = pos
+                if payload is None:
+                    results.append(_encode_item(*items[i], *settings))
+                    continue
+                try:
+                    name, item = pickle.loads(payload)
+                except Exception as exc:
+                    results.append((None, _error_text(exc)))
+                else:
+                    results.append(_encode_item(name, item, *settings))
+            progress[3 * slot + 1] = len(task)  # all done: a death from here on blames no item
+            conn.send(results)
+    except (EOFError, OSError):  # the parent went away
+        pass
+
+
+class _Slot:
+    """One worker process as the parent sees it: its place in the shared progress array, its chunks in flight."""
+
+    __slots__ = ("index", "proc", "conn", "ready", "inflight", "since")
+
+    def __init__(self, index: int, proc, conn):
+        self.index, self.proc, self.conn = index, proc, conn
+        self.ready, self.inflight, self.since = False, deque(), time.monotonic()
+
+
+def _death_cause(proc) -> str:
+    proc.join(5)
+    code = proc.exitcode
+    if code is None:
+        proc.kill()
+        proc.join()
+        return "it closed its pipe"
+    if code < 0:
+        try:
+            return f"signal {-code}, {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+#: Seconds a new worker process may take to start (spawn imports numpy, pymatgen and spglib).
+_STARTUP_TIMEOUT = 300.0
+#: Chunks sent ahead to each worker, so that it never waits for the parent between chunks.
+_INFLIGHT = 2
+
+
+def _run_pool(items: list, settings: tuple, jobs: int, chunksize: int, timeout: float, bar) -> list:
+    """Results of ``_encode_item`` for every item, computed by ``jobs`` worker processes that may die.
+
+    Workers take chunks and answer with each chunk's results; the item each one is on is in shared
+    memory. A worker that dies (signal, crash) or spends more than ``timeout`` seconds on one item (then it
+    is killed) turns that item into an error row and is replaced; the other items it held go back to the
+    queue (their results died with the worker)."""
+    from multiprocessing.connection import wait
+
+    n = len(items)
+    method = _START_METHOD or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    ctx = mp.get_context(method)
+    forked = method == "fork"
+    results: list = [None] * n
+    queue = deque(list(range(a, min(n, a + chunksize))) for a in range(0, n, chunksize))
+    progress = ctx.RawArray("d", 3 * jobs)  # per worker: chunk seq, position in it, start of the item
+    slots: list[_Slot] = []
+    seqs = itertools.count(1)
+
+    def start(index: int) -> _Slot:
+        parent_end, child_end = ctx.Pipe()
+        close = [parent_end, *(s.conn for s in slots)] if forked else []
+        progress[3 * index : 3 * index + 3] = [0.0, 0.0, 0.0]
+        proc = ctx.Process(
+            target=_pool_worker,
+            args=(child_end, items if forked else None, settings, close, progress, index),
+            daemon=True,
+            name=f"scope-worker-{index}",
+        )
+        proc.start()
+        child_end.close()
+        return _Slot(index, proc, parent_end)
+
+    def payload(i: int):
+        if forked:
+            return None
+        k, v = items[i]
+        return pickle.dumps((k, _shippable(k, v, settings[-1])), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def feed(slot: _Slot) -> None:
+        while queue and len(slot.inflight) < _INFLIGHT:
+            seq, chunk = next(seqs), queue.popleft()
+            if not slot.inflight:
+                slot.since = time.monotonic()
+            slot.inflight.append((seq, chunk))
+            try:
+                slot.conn.send((seq, [(i, payload(i)) for i in chunk]))
+            except OSError:  # it died: the chunk stays in flight and is handled with its death
+                return
+
+    def drain(slot: _Slot) -> bool:
+        """Take what the worker sent; False once its pipe is closed (it died)."""
+        try:
+            while slot.conn.poll():
+                msg = slot.conn.recv()
+                if msg is None:
+                    slot.ready = True
+                    continue
+                _, chunk = slot.inflight.popleft()
+                for i, result in zip(chunk, msg):
+                    results[i] = result
+                bar.update(len(msg))
+                slot.since = time.monotonic()
+        except (EOFError, OSError):
+            return False
+        feed(slot)
+        return True
+
+    def current(slot: _Slot) -> tuple[int | None, float]:
+        """(item the worker is on or None, when it started it); while it starts up, (None, its start)."""
+        seq, pos, t0 = progress[3 * slot.index : 3 * slot.index + 3]
+        if not slot.ready or not slot.inflight:
+            return None, slot.since
+        head_seq, chunk = slot.inflight[0]
+        if int(seq) != head_seq or int(pos) >= len(chunk):  # between chunks
+            return None, max(t0, slot.since)
+        return chunk[int(pos)], t0
+
+    def deadline(slot: _Slot) -> float:
+        return current(slot)[1] + (timeout if slot.ready else _STARTUP_TIMEOUT)
+
+    def replace(slot: _Slot, error: type[StructureError], message: str) -> None:
+        """Stop slot's worker (dead, or to be killed), fail the item it was on, requeue the others it held."""
+        if not slot.ready:
+            raise RuntimeError(f"a SCOPE worker process ({method}) could not start: {message}")
+        culprit, _ = current(slot)
+        if slot.proc.is_alive():
+            slot.proc.kill()
+            slot.proc.join()
+        if culprit is not None:
+            results[culprit] = (None, _error_text(error(message, items[culprit][0])))
+            bar.update(1)
+        rest = [i for _, chunk in slot.inflight for i in chunk if i != culprit]
+        if rest:
+            queue.appendleft(rest)
+        slot.inflight.clear()
+        slot.conn.close()
+        fresh = start(slot.index)
+        slot.proc, slot.conn, slot.ready, slot.since = fresh.proc, fresh.conn, False, fresh.since
+        feed(slot)
+
+    try:
+        for k in range(min(jobs, len(queue))):
+            slots.append(start(k))
+            feed(slots[-1])
+        while busy := [s for s in slots if s.inflight]:
+            first = min(deadline(s) for s in busy)
+            wait_s = max(0.0, first - time.monotonic()) if math.isfinite(first) else None
+            ready = set(wait([s.conn for s in busy] + [s.proc.sentinel for s in busy], wait_s))
+            for s in busy:
+                if s.conn in ready or s.proc.sentinel in ready:
+                    if not drain(s) or s.proc.sentinel in ready:
+                        drain(s)
+                        cause = _death_cause(s.proc)
+                        replace(s, WorkerDiedError, f"worker process died ({cause}) while encoding this structure")
+            for s in busy:
+                if not s.inflight or time.monotonic() <= deadline(s) or not drain(s):
+                    continue  # on time, done, or dead (the next wait sees its sentinel)
+                if s.inflight and time.monotonic() > deadline(s):
+                    msg = f"took longer than the time limit of {timeout:g} s per structure (worker process stopped)"
+                    replace(s, StructureTimeoutError, msg if s.ready else f"no answer in {_STARTUP_TIMEOUT:g} s")
+    except BaseException:
+        for s in slots:
+            s.proc.kill()
+        raise
+    finally:
+        for s in slots:
+            try:
+                s.conn.send(None)
+            except OSError:
+                pass
+        for s in slots:
+            s.proc.join(2)
+            if s.proc.is_alive():
+                s.proc.kill()
+                s.proc.join()
+            s.conn.close()
+    return results
 
 
 def scope_table(
@@ -342,6 +827,8 @@ def scope_table(
     angle_tolerance: float = 5.0,
     progress: bool = True,
     chunksize: int = 32,
+    timeout: float | None = None,
+    max_atoms: int | None = MAX_ATOMS,
 ) -> pd.DataFrame:
     """SCOPE for many structures; one row per input, never dropped.
 
@@ -349,31 +836,45 @@ def scope_table(
     0..n-1); an item is a Structure, a pymatgen structure dict, :class:`CifText` / :class:`DictText`
     (parsed in the workers) or a path to a structure file.
     Returns columns ``scope`` (None on failure) and ``error`` (None on success, else
-    ``"ErrorClass: message"``). ``jobs > 1`` uses that many worker processes.
+    ``"ErrorClass: message"``).
+
+    ``jobs > 1`` uses that many worker processes (``jobs < 1`` or None: one per CPU) for batches of at least
+    ``2 * chunksize`` items; smaller batches and ``jobs=1`` run in this process. Workers take ``chunksize``
+    items at a time and mark in shared memory which one they are on, so a worker that dies (the OOM
+    killer, a crash in a C library) costs exactly the row it was on (``WorkerDiedError``): it is replaced,
+    the other items it held are recomputed, every other row is computed as usual.
+
+    ``timeout`` is the time limit per structure in seconds, parsing included (``StructureTimeoutError`` row;
+    the worker is stopped and replaced). None: :data:`STRUCTURE_TIMEOUT` when the batch runs in worker
+    processes and no limit when it runs in this process. A number is always enforced: with ``jobs=1`` or a
+    small batch the items then run in worker processes too (``math.inf``: no limit).
+
+    ``max_atoms`` (None: no limit) refuses larger structures with ``StructureTooLargeError``, CIF text and
+    files before they are parsed (:func:`cif_atom_bound`).
     """
     from tqdm.auto import tqdm
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds (or None), got {timeout!r}")
     items = list(structures.items()) if isinstance(structures, Mapping) else list(enumerate(structures))
     ids = [k for k, _ in items]
-    bar = dict(total=len(items), disable=not progress, desc=f"SCOPE ({variant})", unit="struct")
     if jobs is None or jobs < 1:
         jobs = os.cpu_count() or 1
-    if jobs == 1 or len(items) < 2 * chunksize:
-        results = [_encode_item(k, v, variant, symprec, angle_tolerance) for k, v in tqdm(items, **bar)]
-    elif "fork" in mp.get_all_start_methods():
-        global _FORKED
-        _FORKED = (items, variant, symprec, angle_tolerance)
-        try:
-            with mp.get_context("fork").Pool(jobs) as pool:
-                results = list(tqdm(pool.imap(_work_forked, range(len(items)), chunksize=chunksize), **bar))
-        finally:
-            _FORKED = None
-    else:
-        tasks = [(k, _shippable(k, v), variant, symprec, angle_tolerance) for k, v in items]
-        with mp.get_context("spawn").Pool(jobs) as pool:
-            results = list(tqdm(pool.imap(_work_shipped, tasks, chunksize=chunksize), **bar))
+    settings = (variant, symprec, angle_tolerance, max_atoms)
+    pooled = (jobs > 1 and len(items) >= 2 * chunksize) or (timeout is not None and len(items) > 0)
+    with tqdm(total=len(items), disable=not progress, desc=f"SCOPE ({variant})", unit="struct") as bar:
+        if not pooled:
+            results = []
+            for k, v in items:
+                results.append(_encode_item(k, v, *settings))
+                bar.update(1)
+        else:
+            workers = max(1, min(jobs, len(items)))
+            chunk = max(1, min(chunksize, -(-len(items) // (2 * workers))))
+            limit = STRUCTURE_TIMEOUT if timeout is None else float(timeout)
+            results = _run_pool(items, settings, workers, chunk, limit, bar)
     df = pd.DataFrame(results, columns=["scope", "error"], index=pd.Index(ids, name="id"))
     return df
 

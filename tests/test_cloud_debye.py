@@ -110,3 +110,239 @@ def test_metrics():
     assert regression_metrics(y, y)["mae"] == 0 and regression_metrics(y, y)["r2"] == 1
     m = regression_metrics(y, np.full(4, 2.5))
     assert m["mad"] == pytest.approx(1.0) and m["mae_over_mad"] == pytest.approx(1.0) and m["r2"] == pytest.approx(0.0)
+
+
+# --------------------------------------------------------------------------- a saved model, predict for any crystal
+
+
+@pytest.fixture(scope="module")
+def saved_debye(tmp_path_factory, cv_data):
+    train, _ = cv_data
+    cfg = preset("debye", "smoke", epochs=1)
+    fitted = cd.fit_debye(train["cloud"], train["cv"], train["n_atoms"], cfg, progress=False)
+    folder = tmp_path_factory.mktemp("debye") / "cloud-debye-test"
+    cd.save_debye(fitted, folder, card={"note": "test"})
+    return fitted, folder
+
+
+def _cifs(folder):
+    from pymatgen.core import Lattice, Structure
+
+    folder.mkdir(exist_ok=True)
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    nacl.to(filename=str(folder / "nacl.cif"))  # conventional cell, 8 atoms; primitive 2
+    Structure(Lattice.cubic(3.35), ["Po"], [[0, 0, 0]]).to(filename=str(folder / "po.cif"))
+    (folder / "broken.cif").write_text("data_broken\n_cell_length_a 5\n")
+    Structure(Lattice.cubic(4), [{"Fe": 0.5, "Co": 0.5}], [[0, 0, 0]]).to(filename=str(folder / "alloy.cif"))
+    return folder
+
+
+def test_saved_debye_round_trip_and_thermodynamics(saved_debye, cv_data):
+    import time
+
+    fitted, folder = saved_debye
+    t0 = time.perf_counter()
+    loaded = cd.load_debye(folder)
+    assert time.perf_counter() - t0 < 5
+    strings = list(cv_data[1]["cloud"][:20])
+    np.testing.assert_array_equal(loaded.theta(strings), fitted.theta(strings))
+    T = np.array([10.0, 300.0, 1000.0])
+    out = loaded.thermodynamics(strings, T, 4)
+    assert out["cv"].shape == (20, 3)
+    np.testing.assert_allclose(out["cv"], fitted.heat_capacity(strings, T, 4), rtol=1e-12)
+    np.testing.assert_allclose(out["f"], out["u"] - T * out["s"], rtol=1e-10, atol=1e-8)
+    assert (out["cv"] <= debye.dulong_petit(4) + 1e-9).all()
+
+
+def test_predict_with_the_debye_model_on_good_and_bad_cifs(saved_debye, tmp_path):
+    from cloudlib import cli
+    from cloudlib.predictor import predict
+
+    fitted, folder = saved_debye
+    cifs = _cifs(tmp_path / "cifs")
+    df = predict(cifs, model=folder, temperatures="100:300:100")
+    assert list(df["id"]) == ["alloy.cif", "broken.cif", "nacl.cif", "po.cif"]
+    ok = df.set_index("id").loc[["nacl.cif", "po.cif"]]
+    assert ok["error"].isna().all() and list(ok["n_atoms"]) == [2, 1]
+    assert {"cv_100K", "u_300K", "s_200K", "f_300K"} <= set(df.columns)
+    theta = fitted.theta(list(ok["scope"]))
+    np.testing.assert_allclose(ok["theta_K"], theta, rtol=1e-12)
+    np.testing.assert_allclose(ok["cv_300K"], debye.heat_capacity(theta, 300.0, [2, 1]).numpy(), rtol=1e-12)
+    bad = df.set_index("id").loc[["alloy.cif", "broken.cif"]]
+    assert bad["theta_K"].isna().all() and bad["error"].str.startswith(("Disordered", "StructureParse")).all()
+    long = predict(cifs, model=folder, temperatures=[50, 500], layout="long")
+    assert len(long) == 2 * 2 + 2 and set(long.columns) >= {"T_K", "cv", "u", "s", "f", "theta_K"}
+    # n_atoms override: a multiple of the primitive cell is fine, anything else is an error row
+    over = predict(cifs, model=folder, n_atoms=2).set_index("id")
+    assert over.loc["nacl.cif", "n_atoms"] == 2 and over.loc["po.cif", "n_atoms"] == 2
+    over = predict(cifs, model=folder, n_atoms=3).set_index("id")
+    assert "disagrees with the cell" in over.loc["nacl.cif", "error"] and over.loc["po.cif", "n_atoms"] == 3
+    # the command line: exit 2 because two rows failed, every row written
+    out = tmp_path / "out.csv"
+    code = cli.main(
+        ["predict", str(cifs), "--model", str(folder), "--temperatures", "10:1000:10", "-o", str(out), "-q"]
+    )
+    assert code == 2
+    wide = pd.read_csv(out)
+    assert len(wide) == 4 and "cv_1000K" in wide.columns and "cv_10K" in wide.columns
+
+
+@pytest.mark.parametrize("spec", ["", "0", "-5", "nan", "1:10:0", "10:5:1", "abc"])
+def test_bad_temperatures_are_typed_errors(saved_debye, tmp_path, capsys, spec):
+    from cloudlib import cli
+
+    _, folder = saved_debye
+    cifs = _cifs(tmp_path / "cifs")
+    code = cli.main(["predict", str(cifs), "--model", str(folder), "--temperatures", spec, "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and f"temperatures {spec!r}" in err
+
+
+def test_dielectric_model_refuses_temperatures(tmp_path, capsys):
+    from cloudlib import cli
+
+    cifs = _cifs(tmp_path / "cifs")
+    code = cli.main(["predict", str(cifs), "--temperatures", "300", "-o", str(tmp_path / "o.csv")])
+    err = capsys.readouterr().err
+    assert code == 1 and "not a CLOUD-DEBYE model" in err
+
+
+def test_corrupted_debye_folder_is_named(saved_debye, tmp_path):
+    import shutil
+
+    from cloudlib.errors import ModelError
+
+    _, folder = saved_debye
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    data = (broken / "head.safetensors").read_bytes()
+    (broken / "head.safetensors").write_bytes(data[:-10])
+    with pytest.raises(ModelError, match="head.safetensors has"):
+        cd.load_debye(broken)
+    (broken / "debye.json").unlink()
+    with pytest.raises(ModelError, match="no debye.json"):
+        cd.load_debye(broken)
+
+
+# --------------------------------------------------------------------------- ensembles, bands, Debye + Einstein
+
+
+@pytest.fixture(scope="module")
+def ensemble(tmp_path_factory, cv_data):
+    train, _ = cv_data
+    cfg = preset("debye", "smoke", epochs=1)
+    ens = cd.fit_ensemble(train["cloud"], train["cv"], train["n_atoms"], cfg, k=3, progress=False)
+    folder = tmp_path_factory.mktemp("ens") / "cloud-debye-ensemble"
+    cd.save_ensemble(ens, folder, card={"note": "test"})
+    return ens, folder
+
+
+def test_calibration_rows_are_disjoint_from_every_members_training_rows(cv_data):
+    from cloudlib.finetune import train_val_indices
+
+    train, _ = cv_data
+    cfg = preset("debye", "smoke")
+    keep, calib = cd.calibration_rows(len(train), cfg, 0.1)
+    assert len(calib) == 16 and not set(keep) & set(calib) and len(keep) + len(calib) == len(train)
+    # members see positions within `keep` only; the calibration rows are never among them
+    for i in range(3):
+        tr, va = train_val_indices(len(keep), cfg.replace(seed=cfg.seed + i))
+        assert set(keep[tr]) | set(keep[va]) == set(keep)
+
+
+def test_calibrate_scale_hits_the_level_on_its_own_rows():
+    rng = np.random.default_rng(0)
+    lt = rng.normal(0, 0.1, (5, 400)) + np.log(400)
+    labels = np.exp(lt.mean(0) + rng.normal(0, 0.3, 400))  # errors 3x wider than the spread suggests
+    scale = cd.calibrate_scale(lt, labels, 0.9)
+    assert scale > 1.5
+    mean, sd = lt.mean(0), lt.std(0, ddof=1)
+    inside = np.abs(np.log(labels) - mean) <= cd._z(0.9) * scale * sd
+    assert inside.mean() == pytest.approx(0.9, abs=0.01)
+
+
+def test_ensemble_band_round_trip_and_predict(ensemble, cv_data, tmp_path):
+    from cloudlib.predictor import predict
+
+    ens, folder = ensemble
+    assert len(ens.members) == 3 and ens.scale > 0 and ens.calibration["rows"] == 16
+    assert 0 <= ens.calibration["coverage_calibrated"] <= 1
+    strings = list(cv_data[1]["cloud"][:15])
+    theta, lo, hi = ens.theta_band(strings)
+    assert (lo <= theta).all() and (theta <= hi).all()
+    np.testing.assert_allclose(np.log(theta), ens.log_thetas(strings).mean(0), rtol=1e-12)
+    loaded = cd.load_debye(folder)
+    assert isinstance(loaded, cd.Ensemble) and loaded.scale == ens.scale
+    np.testing.assert_array_equal(loaded.theta_band(strings)[2], hi)
+    out = loaded.thermodynamics(strings, [50.0, 300.0], 3)
+    assert (out["cv_lo"] <= out["cv"] + 1e-12).all() and (out["cv"] <= out["cv_hi"] + 1e-12).all()
+    df = predict(_cifs(tmp_path / "cifs"), model=folder, temperatures=[300]).set_index("id")
+    assert {"theta_lo_K", "theta_hi_K", "cv_lo_300K", "cv_hi_300K"} <= set(df.columns)
+    nacl = df.loc["nacl.cif"]
+    assert nacl["cv_lo_300K"] <= nacl["cv_300K"] <= nacl["cv_hi_300K"]
+    # a damaged member is named
+    (folder / "member-1" / "head.safetensors").write_bytes(b"x")
+    from cloudlib.errors import ModelError
+
+    with pytest.raises(ModelError, match="member-1"):
+        cd.load_debye(folder)
+
+
+def test_ensemble_coverage_counts_inside_rows(ensemble, cv_data):
+    ens, _ = ensemble
+    test = cv_data[1]
+    strings, n = list(test["cloud"]), test["n_atoms"].to_numpy(float)
+    wide = ens.coverage(strings, test["cv"], n, scale=1e6)
+    none = ens.coverage(strings, test["cv"], n, scale=0.0)
+    assert wide == 1.0 and none <= 0.05
+
+
+def test_mixture_thermodynamics_identities():
+    table = debye.mixture_identity_table(n_einstein=2)
+    assert (table["max_rel_error"] < 1e-10).all(), table
+    with pytest.raises(debye.DebyeInputError, match="weights"):
+        debye.mixture_thermodynamics(300.0, [[400.0]], [[0.7, 0.7]], 100.0)
+    with pytest.raises(debye.DebyeInputError, match="theta_e"):
+        debye.mixture_thermodynamics(300.0, [[-4.0]], [[0.5, 0.5]], 100.0)
+    # Einstein Cv is exact: x² eˣ/(eˣ-1)² at x = 2
+    x = 2.0
+    assert float(debye.einstein_heat_capacity(200.0, 100.0)) == pytest.approx(
+        3 * debye.R * x * x * math.exp(x) / math.expm1(x) ** 2, rel=1e-14
+    )
+    # deep quantum regime: finite values and gradients
+    T = torch.tensor([0.1, 1.0], dtype=torch.float64, requires_grad=True)
+    out = debye.mixture_thermodynamics(
+        torch.tensor(800.0), torch.tensor([[1500.0, 3000.0]]), torch.tensor([[0.2, 0.4, 0.4]]), T
+    )
+    (g,) = torch.autograd.grad(out["u"].sum(), T)
+    assert torch.isfinite(g).all() and torch.isfinite(out["s"]).all()
+
+
+def test_fit_physics_on_mixed_rows(cv_data):
+    from cloudlib import phonons
+    from cloudlib.debye_benchmark import combined_training_set, mae_by_band, split_curves
+
+    train, _ = cv_data
+    usable = phonons.usable_curves(phonons.load_table()[0])
+    ptrain, ptest = split_curves(usable.head(60), 0)
+    strings, T, cv, n = combined_training_set(train.head(60), ptrain)
+    assert np.isnan(cv[:60]).sum() == 60 * (len(T) - 1) and np.isfinite(cv[60:]).all()
+    cfg = preset("debye", "smoke", epochs=1)
+    fit = cd.fit_physics(strings, T, cv, n, cfg, head="einstein", n_einstein=2, progress=False)
+    spec = fit.spectrum(list(ptest["scope"]))
+    assert spec["theta_e"].shape == (len(ptest), 2)
+    np.testing.assert_allclose(spec["weights"].sum(1), 1.0, rtol=1e-12)
+    out = fit.thermodynamics(list(ptest["scope"]), T, ptest["n_atoms"])
+    assert (np.diff(out["cv"], axis=1) >= -1e-9).all()  # increasing in T
+    np.testing.assert_allclose(out["f"], out["u"] - T * out["s"], rtol=1e-9, atol=1e-6)
+    single = cd.fit_physics(strings, T, cv, n, cfg, head="debye", progress=False)
+    cols, _ = phonons.cv_columns(ptest)
+    table = mae_by_band(
+        {"D": single.heat_capacity(list(ptest["scope"]), T, ptest["n_atoms"]), "DE": out["cv"]},
+        ptest[cols].to_numpy(float),
+        T,
+    )
+    assert list(table.index) == ["≤ 50 K", "50–150 K", "150–400 K", "> 400 K", "all T"]
+    assert np.isfinite(table.to_numpy()).all()
+    with pytest.raises(InvalidTargetError, match="row 0"):
+        cd.fit_physics(["a"], [300.0], [[np.nan]], [1], cfg)

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import threading
+from pathlib import Path
 
 import pytest
 from conftest import need
@@ -282,3 +283,80 @@ def test_shipped_corpus_is_what_its_sources_give():
         pick = [ids[i] for i in rng.choice(len(ids), 15, replace=False)]
         fresh = scope_table({i: items[i] for i in pick}, progress=False)
         assert fresh["scope"].fillna("").tolist() == rows.loc[pick, "scope"].fillna("").tolist(), source
+
+
+# --------------------------------------------------------------------------- concurrency and the CLI
+
+_CHILD = r"""
+import hashlib, sys, time
+from pathlib import Path
+from cloudlib.registry import REGISTRY, Dataset, fetch
+name, sha, url, go = sys.argv[1], sys.argv[2], sys.argv[3] or None, Path(sys.argv[4])
+REGISTRY[name] = Dataset(name, sha, url)
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.005)
+path = fetch(name)
+got = hashlib.sha256(path.read_bytes()).hexdigest()  # the path handed back must hold the right bytes now
+print(f"{path}\t{got}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("source", ["mirror", "server"])
+def test_concurrent_fetch_of_corrupted_cache_entry(server, sandbox, source):
+    """Several processes find the same corrupted cache entry at once: each must get the right bytes.
+
+    The payload is large so that every process is still reading/hashing the bad entry when the first one
+    removes it (before the fix, the others died with FileNotFoundError on their own unlink)."""
+    import os
+    import subprocess
+    import sys
+
+    payload = PAYLOAD * 400_000  # ~17 MB: reading and hashing it takes long enough to overlap
+    sha = hashlib.sha256(payload).hexdigest()
+    name = "test/big.csv"
+    (sandbox / "mirror" / name).write_bytes(payload)
+    (sandbox / "www" / "big.csv").write_bytes(payload)
+    cached = sandbox / "cache" / name
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(payload[:-1] + b"X")  # bit rot in the cache
+    url = f"{server}/big.csv" if source == "server" else ""
+    go = sandbox / "go"
+    env = {**os.environ, "CLOUD_CACHE": str(sandbox / "cache"), "CLOUD_DATA_MIRROR": str(sandbox / "mirror")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, name, sha, url, str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(6)
+    ]
+    try:
+        for p in procs:  # wait until every child has imported cloudlib, then release them together
+            assert p.stdout.readline().strip() == "ready"
+        go.touch()
+        results = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err[-2000:]
+        path, got = out.strip().split("\t")
+        assert got == sha and hashlib.sha256(Path(path).read_bytes()).hexdigest() == sha
+    if source == "server":
+        assert hashlib.sha256(cached.read_bytes()).hexdigest() == sha  # the cache holds the good copy again
+    else:
+        assert not cached.exists()  # the mirror is read in place, the bad entry is gone
+
+
+def test_cli_unknown_dataset_is_a_usage_error(sandbox, capsys):
+    from cloudlib.cli import main
+
+    assert main(["data", "fetch", "no/such/file.csv"]) == 1
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "no/such/file.csv" in lines[0] and "unknown dataset" in lines[0], err
+    assert "Traceback" not in err

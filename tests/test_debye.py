@@ -242,3 +242,31 @@ def test_bad_row_is_named_and_grad_path_untouched():
     assert torch.isfinite(theta.grad).all()
     with pytest.raises(DebyeInputError, match="T"):
         debye.theta_from_cv(10.0, -1.0)
+
+
+def test_thermodynamic_identities_to_1e_8_over_the_accuracy_grid():
+    """S = ∫Cv/T dT (scipy), F = U - TS, S = -∂F/∂T, Cv = ∂U/∂T = T ∂S/∂T (autograd) and the exact low- and
+    high-T limits, over the 25 Θ × 40 T grid of the Cv accuracy table, float64."""
+    from cloudlib.debye import identity_table
+
+    table = identity_table()
+    assert len(table) == 12 and (table["n"] > 0).all()
+    assert (table["max_rel_error"] <= 1e-8).all(), table.to_string()
+
+
+def test_entropy_and_free_energy_shapes_dtypes_and_bad_input():
+    import torch
+
+    from cloudlib.debye import DebyeInputError, entropy, helmholtz_energy, internal_energy, thermodynamics
+
+    theta = torch.tensor([[300.0], [500.0]], dtype=torch.float32)
+    T = torch.linspace(10, 1000, 5)
+    out = thermodynamics(theta, T, n_atoms=2)
+    assert set(out) == {"cv", "u", "s", "f"} and all(v.shape == (2, 5) for v in out.values())
+    assert out["s"].dtype == torch.float32 and entropy(300.0, 100.0).dtype == torch.float64
+    # F(T -> 0) is the zero-point energy, and equals U(0)
+    assert float(helmholtz_energy(300.0, 1e-3)) == pytest.approx(9 / 8 * 8.314462618 * 300.0, rel=1e-12)
+    assert float(internal_energy(300.0, 1e-3, zero_point=True)) == pytest.approx(9 / 8 * 8.314462618 * 300.0)
+    for bad in (0.0, -5.0, float("nan")):
+        with pytest.raises(DebyeInputError, match="T"):
+            entropy(300.0, bad)

@@ -243,3 +243,100 @@ def test_screenshot(page, tmp_path):
     assert page.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
     assert errors(page) == []
+
+
+# ---------------------------------------------------------------- the explorer of the user's own crystals
+
+
+@pytest.fixture(scope="module")
+def own_crystals(tmp_path_factory):
+    """A folder of good and bad CIFs, a tiny 2-member CLOUD-DEBYE ensemble, and the page the CLI builds."""
+    from conftest import need
+    from pymatgen.core import Lattice, Structure
+
+    from cloudlib import cli
+    from cloudlib import cloud_debye as cd
+    from cloudlib.config import preset
+
+    root = tmp_path_factory.mktemp("own")
+    cifs = root / "cifs"
+    cifs.mkdir()
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    nacl.to(filename=str(cifs / "nacl.cif"))
+    Structure(Lattice.cubic(3.35), ["Po"], [[0, 0, 0]]).to(filename=str(cifs / "po.cif"))
+    Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.21), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(
+        filename=str(cifs / "mgo.cif")
+    )
+    (cifs / "broken.cif").write_text("data_broken\n_cell_length_a 5\n")
+    Structure(Lattice.cubic(4), [{"Fe": 0.5, "Co": 0.5}], [[0, 0, 0]]).to(filename=str(cifs / "alloy.cif"))
+    train = pd.read_csv(need("cloud/cloud_cv_train_and_val.csv")).head(120)
+    ens = cd.fit_ensemble(
+        train["cloud"], train["cv"], train["n_atoms"], preset("debye", "smoke", epochs=1), k=2, progress=False
+    )
+    model = cd.save_ensemble(ens, root / "model")
+    refs = root / "refs.csv"
+    pd.DataFrame({"material": ["nacl.cif"] * 3, "T": [50, 100, 300], "Cv": [30.0, 42.0, 49.0]}).to_csv(
+        refs, index=False
+    )
+    page = root / "page.html"
+    code = cli.main(["explorer", str(cifs), "-o", str(page), "--model", str(model), "--references", str(refs), "-q"])
+    return {"cifs": cifs, "model": model, "page": page, "code": code}
+
+
+def test_explorer_command_lists_good_inputs_and_reports_bad_ones(own_crystals):
+    assert own_crystals["code"] == 2  # two inputs failed; the page is still written
+    data = embedded(own_crystals["page"].read_text())
+    assert sorted(m["name"] for m in data["materials"]) == ["mgo.cif", "nacl.cif", "po.cif"]
+    assert sorted(f["name"] for f in data["failures"]) == ["alloy.cif", "broken.cif"]
+    assert all(m["theta_lo"] <= m["theta"] <= m["theta_hi"] for m in data["materials"])
+    assert list(data["references"]) == ["nacl.cif"]
+
+
+def test_explorer_command_refuses_bad_references(own_crystals, tmp_path, capsys):
+    from cloudlib import cli
+
+    bad = tmp_path / "refs.csv"
+    bad.write_text("name,T,Cv\nx,1,2\n")
+    code = cli.main(["explorer", str(own_crystals["cifs"]), "-o", str(tmp_path / "p.html"), "--model",
+                     str(own_crystals["model"]), "--references", str(bad), "-q"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "needs columns material, T, Cv" in err and "Traceback" not in err
+
+
+def test_own_crystals_page_in_the_browser_matches_predict(own_crystals, browser, tmp_path):
+    from cloudlib.predictor import predict
+
+    temps = [5.0, 50.0, 300.0, 1000.0]
+    df = predict(own_crystals["cifs"], model=own_crystals["model"], temperatures=temps).set_index("id")
+    browser.get_log("browser")  # drop earlier pages' messages
+    browser.get(own_crystals["page"].as_uri())
+    assert errors(browser) == []
+    options = [o.text for o in browser.find_elements("css selector", "#material option")]
+    assert sorted(options) == ["mgo.cif", "nacl.cif", "po.cif"]
+    box = browser.find_element("id", "failures")
+    assert box.is_displayed() and "alloy.cif" in box.text and "broken.cif" in box.text
+    assert "Disordered" in box.text and browser.find_element("id", "failure-count").text == "2"
+    mats = browser.execute_script("return cloudExplorer.materials")
+    for i, m in enumerate(mats):
+        row = df.loc[m["name"]]
+        assert m["theta"] == pytest.approx(row["theta_K"], rel=1e-12)
+        for T in temps:
+            got = browser.execute_script(
+                "const m = cloudExplorer.materials[arguments[0]]; const T = arguments[1];"
+                "return [cloudExplorer.debyeCv(m.theta, m.n, T), cloudExplorer.debyeCv(m.theta_hi, m.n, T),"
+                " cloudExplorer.debyeCv(m.theta_lo, m.n, T)];",
+                i,
+                T,
+            )
+            want = [row[f"cv_{T:g}K"], row[f"cv_lo_{T:g}K"], row[f"cv_hi_{T:g}K"]]
+            np.testing.assert_allclose(got, want, rtol=1e-8)
+    # the readout shows the band; a screenshot for the record
+    browser.execute_script("cloudExplorer.choose(0); cloudExplorer.setTemperature(300)")
+    el = browser.find_element("id", "readout")
+    lo, hi = float(el.get_attribute("data-cv-lo")), float(el.get_attribute("data-cv-hi"))
+    assert lo <= float(el.get_attribute("data-cv")) <= hi and "band" in el.text
+    assert len(browser.find_elements("css selector", "path.band")) == 1
+    shots = Path(os.environ.get("CLOUD_TEST_ARTIFACTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(shots / "explorer_own_crystals.png"))
+    assert errors(browser) == []

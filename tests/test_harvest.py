@@ -35,7 +35,7 @@ import pytest
 import requests
 
 from cloudlib import harvest as hv
-from cloudlib.errors import DataError, DataUnavailableError
+from cloudlib.errors import DataError, DataUnavailableError, HarvestError
 from cloudlib.harvest import (
     COLUMNS,
     InvalidFilterError,
@@ -381,9 +381,11 @@ def test_invalid_filter_is_rejected_before_any_request(tmp_path):
         harvest(url, tmp_path / "x", filter="elements HAS HAS", progress=False)
 
 
-def _page(ids, next_url=None) -> bytes:
+def _page(ids, next_url=None, data_returned: int | None = -1) -> bytes:
+    """An OPTIMADE page of (malformed but id-carrying) entries; ``data_returned`` -1 means ``len(ids)``."""
     data = [{"id": i, "type": "structures", "attributes": {"structure_features": []}} for i in ids]
-    return json.dumps({"data": data, "meta": {"data_returned": len(ids)}, "links": {"next": next_url}}).encode()
+    meta = {} if data_returned is None else {"data_returned": len(ids) if data_returned == -1 else data_returned}
+    return json.dumps({"data": data, "meta": meta, "links": {"next": next_url}}).encode()
 
 
 class _FakeHandler(http.server.BaseHTTPRequestHandler):
@@ -397,7 +399,11 @@ class _FakeHandler(http.server.BaseHTTPRequestHandler):
             "application/json",
             b'{"data": [{"type": "structures", "attributes": {}}], "meta": {}}',
         ),
-        "/loop/v1/structures": (200, "application/json", _page(["a"], "/loop/v1/structures?page_offset=1")),
+        "/loop/v1/structures": (
+            200,
+            "application/json",
+            _page(["a"], "/loop/v1/structures?page_offset=1", data_returned=5),  # more to come, says the server
+        ),
         "/down/v1/structures": (
             503,
             "application/json",
@@ -470,3 +476,226 @@ def test_filter_matching_nothing_gives_empty_table(bundled, tmp_path):
     df = harvest(bundled, tmp_path / "e", filter='elements HAS "Xe"', progress=False)
     assert df.empty and list(df.columns) == COLUMNS
     assert json.loads((tmp_path / "e" / "state.json").read_text())["complete"]
+
+
+# --------------------------------------------------------------------------- hostile servers (issue 12)
+
+
+def _bounded(fn, limit: float = 20.0):
+    """Run ``fn()`` in a daemon thread; (value, exception, seconds). Fails if it is still running after ``limit``
+    s, so a harvest that hangs fails the test instead of hanging the suite."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    t0 = time.monotonic()
+    thread.start()
+    thread.join(limit)
+    elapsed = time.monotonic() - t0
+    assert not thread.is_alive(), f"still running after {limit} s"
+    return box.get("value"), box.get("error"), elapsed
+
+
+def _hostile_handler(stop: threading.Event):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        """Servers a harvester meets in the wild: trickling, silent, endless, garbage, half-broken."""
+
+        protocol_version = "HTTP/1.1"
+        partial_ok = False  # the second page of /partial fails until a test flips this
+
+        def _send(self, status, body, ctype="application/json"):
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _trickle(self, data: bytes):
+            """One byte every 0.2 s, forever (``data`` first, then spaces), until the client goes away."""
+            i = 0
+            while not stop.is_set():
+                self.wfile.write(data[i : i + 1] if i < len(data) else b" ")
+                self.wfile.flush()
+                i += 1
+                stop.wait(0.2)
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            path, _, query = self.path.partition("?")
+            page = int(dict(q.split("=", 1) for q in query.split("&") if "=" in q).get("page", 0))
+            try:
+                if path == "/trickle-body/v1/structures":  # headers at once, then the body byte by byte
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self._trickle(_page(["t1"]))
+                elif path == "/trickle-head/v1/structures":  # even the status line comes byte by byte
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                    self._trickle(b"X-Slow: " + b"a" * 10_000)
+                elif path == "/silent/v1/structures":  # reads the request, never answers
+                    stop.wait()
+                elif path in ("/endless/v1/structures", "/endless-nometa/v1/structures"):
+                    total = 6 if path.startswith("/endless/") else None
+                    ids = [f"e{page}a", f"e{page}b"]
+                    self._send(200, _page(ids, f"{path}?page={page + 1}", data_returned=total))
+                elif path == "/garbage/v1/structures":
+                    self._send(200, b'{"data": [1, 2,\n garbage \x00\xff')
+                elif path == "/err500/v1/structures":
+                    self._send(500, b"<html>\n<body>\nInternal\nServer Error\n</body>\n</html>\n", "text/html")
+                elif path == "/partial/v1/structures":
+                    if page == 0:
+                        self._send(200, _page(["p0a", "p0b"], f"{path}?page=1", data_returned=4))
+                    elif type(self).partial_ok:
+                        self._send(200, _page(["p1a", "p1b"], None, data_returned=4))
+                    else:
+                        stop.wait()
+                else:
+                    self._send(404, b"not found", "text/plain")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def hostile():
+    """(base URL, handler class) of a loopback server with the routes of :func:`_hostile_handler`."""
+    stop = threading.Event()
+    handler = _hostile_handler(stop)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("route", ["/trickle-body", "/trickle-head"])
+def test_trickling_server_hits_the_whole_request_deadline(hostile, tmp_path, route):
+    base, _ = hostile
+    _, err, elapsed = _bounded(lambda: harvest(base + route, tmp_path / "t", timeout=1, retries=0, progress=False))
+    assert isinstance(err, hv.HarvestTimeoutError), repr(err)
+    assert isinstance(err, HarvestError) and isinstance(err, DataUnavailableError)
+    assert 0.9 < elapsed < 4, elapsed
+    msg = str(err)
+    assert base + route in msg and "within 1 s" in msg and "\n" not in msg
+
+
+def test_silent_server_fails_within_the_retry_budget(hostile, tmp_path):
+    base, _ = hostile
+    # defaults for retries and backoff: the 2 s backoff does not fit into the 2 x 1 s budget, so one attempt
+    _, err, elapsed = _bounded(lambda: harvest(base + "/silent", tmp_path / "s", timeout=1, progress=False))
+    assert isinstance(err, hv.HarvestTimeoutError), repr(err)
+    assert 0.9 < elapsed < 2.7, elapsed
+    # with a short backoff the retries are made, all inside timeout x retries
+    _, err, elapsed = _bounded(
+        lambda: harvest(base + "/silent", tmp_path / "s2", timeout=1, retries=2, backoff=0.1, progress=False)
+    )
+    assert isinstance(err, hv.HarvestTimeoutError), repr(err)
+    assert 1.9 < elapsed < 2.7, elapsed
+    assert "2 attempts" in str(err)
+    assert not (tmp_path / "s" / "state.json").exists()  # nothing harvested, nothing written
+
+
+def test_endless_next_links_stop_at_data_returned(hostile, tmp_path):
+    base, _ = hostile
+    df, err, elapsed = _bounded(lambda: harvest(base + "/endless", tmp_path / "e", timeout=2, progress=False))
+    assert err is None, repr(err)
+    assert df["id"].tolist() == ["e0a", "e0b", "e1a", "e1b", "e2a", "e2b"] and elapsed < 10
+    state = json.loads((tmp_path / "e" / "state.json").read_text())
+    assert state["complete"] and state["pages"] == 3 and state["next_url"] is None
+
+
+def test_max_pages_caps_endless_next_links_and_resumes(hostile, tmp_path):
+    base, _ = hostile
+    out = tmp_path / "m"
+    df, err, _ = _bounded(lambda: harvest(base + "/endless-nometa", out, max_pages=4, timeout=2, progress=False))
+    assert err is None, repr(err)
+    assert len(df) == 8 and df["id"].iloc[-1] == "e3b"
+    state = json.loads((out / "state.json").read_text())
+    assert state["pages"] == 4 and not state["complete"] and state["next_url"].endswith("page=4")
+    df, err, _ = _bounded(lambda: harvest(base + "/endless-nometa", out, max_pages=5, timeout=2, progress=False))
+    assert err is None and len(df) == 10 and df["id"].iloc[-1] == "e4b"  # a larger cap continues
+    with pytest.raises(ValueError, match="max_pages"):
+        harvest(base + "/endless-nometa", out, max_pages=-1, progress=False)
+
+
+def test_error_keeps_harvested_pages_and_resume_continues(hostile, tmp_path):
+    base, handler = hostile
+    out = tmp_path / "p"
+    _, err, elapsed = _bounded(lambda: harvest(base + "/partial", out, timeout=1, retries=0, progress=False))
+    assert isinstance(err, hv.HarvestTimeoutError) and elapsed < 5, repr(err)
+    assert "page=1" in str(err)  # names the page that failed
+    assert load_harvest(out)["id"].tolist() == ["p0a", "p0b"]  # the first page stays on disk
+    handler.partial_ok = True
+    df, err, _ = _bounded(lambda: harvest(base + "/partial", out, timeout=1, retries=0, progress=False))
+    assert err is None and df["id"].tolist() == ["p0a", "p0b", "p1a", "p1b"]
+
+
+@pytest.mark.parametrize(
+    "route, cls, words",
+    [
+        ("/garbage", OptimadeResponseError, "response is not JSON"),
+        ("/err500", hv.HarvestUnavailableError, "kept failing (1 attempt in"),
+    ],
+)
+def test_garbage_and_http_errors_are_typed_one_line(hostile, tmp_path, route, cls, words):
+    base, _ = hostile
+    with pytest.raises(cls) as info:
+        harvest(base + route, tmp_path / "g", timeout=2, retries=0, progress=False)
+    assert isinstance(info.value, HarvestError)
+    msg = str(info.value)
+    assert base + route in msg and words in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "route, args, words",
+    [
+        ("/trickle-body", ["--timeout", "1", "--retries", "0"], "within 1 s"),
+        ("/silent", ["--timeout", "1"], "within 1 s"),
+        ("/garbage", ["--timeout", "2"], "not JSON"),
+        ("/err500", ["--timeout", "2", "--retries", "0"], "HTTP 500"),
+        ("/missing", ["--timeout", "2"], "HTTP 404"),
+    ],
+)
+def test_cli_hostile_server_exits_1_with_one_line(hostile, tmp_path, capsys, route, args, words):
+    from cloudlib.cli import main
+
+    base, _ = hostile
+    rc, err, elapsed = _bounded(lambda: main(["harvest", base + route, str(tmp_path / "o"), "-q", *args]))
+    assert err is None, repr(err)
+    assert rc == 1 and elapsed < 5
+    text = capsys.readouterr().err
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), text
+    assert base + route in lines[0] and words in lines[0] and "Traceback" not in text
+
+
+def test_cli_max_pages_and_unreachable(hostile, tmp_path, capsys):
+    from cloudlib.cli import main
+
+    base, _ = hostile
+    rc, err, _ = _bounded(
+        lambda: main(["harvest", base + "/endless-nometa", str(tmp_path / "o"), "-q", "--max-pages", "3"])
+    )
+    assert err is None and rc == 2  # 6 entries harvested, all malformed: "rows failed"
+    assert "6 entries harvested" in capsys.readouterr().err
+    url = f"http://127.0.0.1:{_free_port()}"
+    assert main(["harvest", url, str(tmp_path / "u"), "-q", "--timeout", "2"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and url in lines[0] and "cannot connect" in lines[0]
+    assert main(["harvest", "ftp://x/y", str(tmp_path / "f"), "-q"]) == 1
+    assert main(["harvest", url, str(tmp_path / "f"), "-q", "--timeout", "0"]) == 1
+    assert "timeout" in capsys.readouterr().err

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing as mp
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -17,10 +22,12 @@ from cloudlib.errors import (
     OverlappingAtomsError,
     StructureError,
     StructureParseError,
+    StructureTooLargeError,
     UnknownSpeciesError,
 )
 from cloudlib.scope import (
     PAPER_GENERATOR_OVERRIDES,
+    CifText,
     format_fraction,
     generator_strings,
     parse_scope,
@@ -262,3 +269,318 @@ def test_scope_variants_are_the_same_crystal(paper_scope):
         scope_variants("Na 0.5 Cl 0.5", 2)
     with pytest.raises(ValueError, match="k must be"):
         scope_variants(NACL, 0)
+
+
+# --------------------------------------------------------------------------- hostile inputs (issue 12)
+# Each test reproduces a defect of the code before the fix: a dead worker hung scope_table forever and a
+# hanging one had no limit; the overlap check was O(n^2) in time and memory (8,000 atoms: 16 s and 3.6 GB,
+# 64,000: a 91.6 GiB allocation); nothing bounded a structure's size (a 64,000-atom CIF sat in pymatgen's
+# CIF parser for minutes).
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int):
+    """Fail (instead of hanging the suite) if the block takes longer than ``seconds``."""
+
+    def expired(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _sabotage(monkeypatch, victim, action):
+    """Make ``_encode_item`` run ``action`` for the item ``victim`` (forked workers inherit the patch)."""
+    import cloudlib.scope as scope
+
+    real = scope._encode_item
+
+    def encode(name, item, *args):
+        if name == victim:
+            action()
+        return real(name, item, *args)
+
+    monkeypatch.setattr(scope, "_encode_item", encode)
+
+
+def _kill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+needs_fork = pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="sabotage reaches workers by fork")
+
+
+@pytest.fixture(scope="module")
+def seventy(dielectric_structures):
+    items = dielectric_structures["structure"].head(70).to_dict()
+    return items, scope_table(items, progress=False)
+
+
+@needs_fork
+def test_a_killed_worker_costs_one_row(monkeypatch, seventy):
+    """SIGKILL (the OOM killer's signal) in a worker: before, the parent waited forever for its results."""
+    items, serial = seventy
+    victim = list(items)[33]
+    _sabotage(monkeypatch, victim, _kill_self)
+    t0 = time.monotonic()
+    with _deadline(60):
+        df = scope_table(items, jobs=2, progress=False, chunksize=8)
+    assert time.monotonic() - t0 < 60
+    assert list(df.index) == list(items)
+    assert df.loc[victim, "scope"] is None
+    assert df.loc[victim, "error"] == (
+        f"WorkerDiedError: {victim}: worker process died (signal 9, SIGKILL) while encoding this structure"
+    )
+    others = df.drop(index=victim)
+    pd.testing.assert_frame_equal(others, serial.drop(index=victim))
+    assert others["error"].isna().all()
+
+
+@needs_fork
+def test_every_killer_fails_alone(monkeypatch, seventy):
+    """Several killers, two in one chunk and one last: only they fail, every other row is computed."""
+    import cloudlib.scope as scope
+
+    items, serial = seventy
+    victims = {list(items)[i] for i in (0, 9, 10, 69)}
+    real = scope._encode_item
+    monkeypatch.setattr(scope, "_encode_item", lambda name, *a: _kill_self() if name in victims else real(name, *a))
+    with _deadline(60):
+        df = scope_table(items, jobs=2, progress=False, chunksize=8)
+    assert set(df.index[df["error"].notna()]) == victims
+    assert df.loc[list(victims), "error"].str.startswith("WorkerDiedError:").all()
+    pd.testing.assert_frame_equal(df.drop(index=list(victims)), serial.drop(index=list(victims)))
+
+
+@needs_fork
+def test_a_hanging_structure_times_out(monkeypatch, seventy):
+    items, serial = seventy
+    victim = list(items)[50]
+    _sabotage(monkeypatch, victim, lambda: time.sleep(3600))
+    t0 = time.monotonic()
+    with _deadline(60):
+        df = scope_table(items, jobs=2, progress=False, chunksize=8, timeout=2)
+    assert time.monotonic() - t0 < 30
+    assert df.loc[victim, "error"] == (
+        f"StructureTimeoutError: {victim}: took longer than the time limit of 2 s per structure "
+        "(worker process stopped)"
+    )
+    pd.testing.assert_frame_equal(df.drop(index=victim), serial.drop(index=victim))
+
+
+@needs_fork
+def test_timeout_with_one_job_runs_in_a_worker(monkeypatch):
+    """jobs=1 with a time limit: the items run in one worker process, so the limit holds there too."""
+    _sabotage(monkeypatch, "stuck", lambda: time.sleep(3600))
+    with _deadline(60):
+        df = scope_table({"a": nacl(), "stuck": nacl(), "b": nacl()}, jobs=1, progress=False, timeout=1)
+    assert df["scope"].tolist() == [NACL, None, NACL]
+    assert df.loc["stuck", "error"].startswith("StructureTimeoutError: stuck: took longer than")
+    with pytest.raises(ValueError, match="timeout"):
+        scope_table([nacl()], timeout=0)
+
+
+class _KillerCif(CifText):
+    """CIF text that kills the process unpickling it (how a payload reaches spawned workers)."""
+
+    def __reduce__(self):
+        return (_kill_self, ())
+
+
+def test_spawned_workers_survive_a_killer_too(monkeypatch):
+    """The spawn start method (platforms without fork): items travel pickled; the killer fails alone."""
+    import cloudlib.scope as scope
+
+    monkeypatch.setattr(scope, "_START_METHOD", "spawn")
+    items = {i: nacl() for i in range(6)}
+    items[3] = _KillerCif("data_x\n")
+    items["cif"] = CifText(nacl().to(fmt="cif"))
+    with _deadline(240):
+        df = scope_table(items, jobs=2, progress=False, chunksize=2)
+    assert list(df.index) == list(items)
+    assert df.loc[3, "error"].startswith("WorkerDiedError: 3: worker process died (signal 9")
+    assert (df.drop(index=3)["scope"] == NACL).all()
+
+
+def _overlap_reference(lattice, frac, min_distance):
+    """The check before issue 12, verbatim: all n^2 distances at once. (d2, i, j) or None."""
+    n = len(frac)
+    if n < 2:
+        return None
+    d = frac[:, None, :] - frac[None, :, :]
+    d -= np.rint(d)
+    cart = d.reshape(-1, 3) @ lattice
+    dist2 = np.einsum("ij,ij->i", cart, cart)
+    dist2[:: n + 1] = np.inf  # self-distances
+    k = int(dist2.argmin())
+    if dist2[k] < min_distance**2:
+        i, j = sorted(divmod(k, n))
+        return float(dist2[k]), i, j
+    return None
+
+
+def _random_cells(rng, count):
+    """Cells of every awkward kind: random and jittered-grid sites, skewed bases of ordinary lattices
+    (where the rounded image is not the nearest one), thin cells, cells smaller than min_distance."""
+    for t in range(count):
+        kind = t % 4
+        if kind == 0:  # uniform random sites
+            n = int(rng.integers(2, 300))
+            basis = rng.normal(size=(3, 3)) * 0.4 + np.eye(3)
+            if rng.random() < 0.2:
+                basis[0] *= rng.uniform(0.02, 0.3)  # thin
+            lattice = basis * (n * rng.uniform(2, 40) / abs(np.linalg.det(basis))) ** (1 / 3)
+            frac = rng.uniform(-1, 2, size=(n, 3))
+        elif kind == 1:  # jittered grid: some overlap, most do not
+            m = rng.integers(2, 8, size=3)
+            grid = np.indices(m).reshape(3, -1).T
+            frac = (grid + rng.normal(scale=rng.uniform(0.01, 0.25), size=grid.shape)) / m
+            lattice = (rng.normal(size=(3, 3)) * 0.3 + np.eye(3)) * rng.uniform(0.8, 3.0) * m[:, None]
+        elif kind == 2:  # tiny cells: lattice vectors around or below min_distance
+            n = int(rng.integers(2, 12))
+            lattice = rng.normal(size=(3, 3)) * rng.uniform(0.2, 1.5) + np.eye(3) * 0.3
+            frac = rng.uniform(0, 1, size=(n, 3))
+        else:  # the same cart positions in a skewed basis U @ L of a jittered grid
+            m = rng.integers(2, 6, size=3)
+            grid = np.indices(m).reshape(3, -1).T
+            frac = (grid + rng.normal(scale=0.1, size=grid.shape)) / m
+            lattice = np.diag(rng.uniform(1.0, 2.5, size=3)) * m[:, None]
+            skew = np.array([[1, *rng.integers(-4, 5, size=2)], [0, 1, rng.integers(-4, 5)], [0, 0, 1]])
+            frac, lattice = frac @ np.linalg.inv(skew), skew @ lattice
+        if abs(np.linalg.det(lattice)) > 1e-3:
+            yield lattice, frac, float(rng.choice([0.3, 0.5, 0.5, 1.0]))
+
+
+def test_overlap_check_is_the_all_pairs_check():
+    """The neighbour-list check raises exactly when the O(n^2) one did, naming the same pair and distance."""
+    from cloudlib.scope import _closest_pair, check_overlap
+
+    rng = np.random.default_rng(12)
+    raised = 0
+    for lattice, frac, r in _random_cells(rng, 800):
+        ref = _overlap_reference(lattice, frac, r)
+        assert _closest_pair(lattice, frac, r, dense_max=0) == ref  # the tree path, whatever the size
+        assert _closest_pair(lattice, frac, r) == ref  # the path the size picks
+        if ref is None:
+            check_overlap("x", lattice, frac, r)
+        else:
+            raised += 1
+            d2, i, j = ref
+            with pytest.raises(OverlappingAtomsError, match=rf"^x: sites {i} and {j} are {np.sqrt(d2):.3f} A apart"):
+                check_overlap("x", lattice, frac, r)
+    assert 200 < raised < 600  # both outcomes well represented
+
+
+def _grid(side: int, spacing: float = 2.2, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    grid = np.indices((side,) * 3).reshape(3, -1).T
+    frac = (grid + rng.uniform(-0.05, 0.05, size=grid.shape)) / side
+    return np.eye(3) * spacing * side, frac
+
+
+def test_overlap_check_scales_to_64000_atoms():
+    """64,000 atoms: the all-pairs check asked for 91.6 GiB; the neighbour list takes well under a second."""
+    from cloudlib.scope import check_overlap
+
+    lattice, frac = _grid(40)
+    frac[12345] = frac[54321] + [0.3 / lattice[0, 0], 0, 0]  # 0.3 A apart
+    t0 = time.perf_counter()
+    with pytest.raises(OverlappingAtomsError, match=r"sites 12345 and 54321 are 0.300 A apart"):
+        check_overlap("big", lattice, frac, 0.5)
+    frac[12345] += [1.0 / lattice[0, 0], 0, 0]  # now 1.3 A: fine
+    check_overlap("big", lattice, frac, 0.5)
+    assert time.perf_counter() - t0 < 30
+
+
+def test_atom_limit():
+    big = nacl() * (3, 3, 3)  # 216 atoms
+    with pytest.raises(StructureTooLargeError, match=r"216 atoms in the cell > max_atoms=100"):
+        structure_to_scope(big, max_atoms=100)
+    assert structure_to_scope(big, max_atoms=None) == structure_to_scope(big) == NACL
+    df = scope_table({"big": big, "small": nacl(), "cif": CifText(big.to(fmt="cif"))}, progress=False, max_atoms=100)
+    assert df.loc["big", "error"] == "StructureTooLargeError: big: 216 atoms in the cell > max_atoms=100"
+    assert df.loc["cif", "error"].startswith("StructureTooLargeError: cif: CIF describes up to 216 atoms")
+    assert df.loc["small", "scope"] == NACL
+
+
+def _p1_cif(side: int) -> str:
+    lattice, frac = _grid(side)
+    a = lattice[0, 0]
+    head = [
+        "data_huge",
+        *(f"_cell_length_{x} {a}" for x in "abc"),
+        *(f"_cell_angle_{x} 90" for x in ("alpha", "beta", "gamma")),
+        "_symmetry_space_group_name_H-M 'P 1'",
+        "loop_",
+        "_symmetry_equiv_pos_as_xyz",
+        "  'x, y, z'",
+        "loop_",
+        *(f"_atom_site_{k}" for k in ("type_symbol", "label", "fract_x", "fract_y", "fract_z", "occupancy")),
+    ]
+    rows = [f"  Cu Cu{i} {x:.6f} {y:.6f} {z:.6f} 1" for i, (x, y, z) in enumerate(frac)]
+    return "\n".join(head + rows) + "\n"
+
+
+def test_huge_cif_is_refused_before_parsing(tmp_path):
+    """A 64,000-atom P1 CIF sat in pymatgen's CIF parser for minutes; now it is refused in about a second."""
+    from cloudlib.scope import as_structure
+
+    text = _p1_cif(40)
+    path = tmp_path / "huge.cif"
+    path.write_text(text)
+    t0 = time.perf_counter()
+    message = r"CIF describes up to 64000 atoms \(64000 atom-site rows x 1 symmetry operations\) > max_atoms=20000"
+    with pytest.raises(StructureTooLargeError, match=message):
+        as_structure(CifText(text), "huge")
+    with pytest.raises(StructureTooLargeError, match="huge.cif: " + message):
+        read_structure(path)
+    df = scope_table({"huge": CifText(text), "file": str(path), "ok": nacl()}, progress=False)
+    assert df["error"].str.startswith("StructureTooLargeError:", na=False).tolist() == [True, True, False]
+    assert time.perf_counter() - t0 < 15
+
+
+def test_cif_atom_bound_counts_symmetry():
+    """rows x operations: listed operations, else the group's order from its symbol or number."""
+    from cloudlib.scope import cif_atom_bound
+
+    assert cif_atom_bound(nacl().to(fmt="cif")) == (8, 8, 1)  # pymatgen writes P1 cells
+    symmetrized = nacl().to(fmt="cif", symprec=0.01)  # 2 rows and the 192 operations of Fm-3m
+    assert cif_atom_bound(symmetrized) == (384, 2, 192)
+    assert len(read_structure_text(symmetrized)) == 8  # the parser's count is below the bound
+    by_symbol = "data_x\n_cell_length_a 4\n_cell_length_b 4\n_cell_length_c 4\n_cell_angle_alpha 90\n"
+    by_symbol += "_cell_angle_beta 90\n_cell_angle_gamma 90\n_symmetry_space_group_name_H-M 'F m -3 m'\n"
+    by_symbol += "loop_\n_atom_site_label\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\nNa 0 0 0\n"
+    assert cif_atom_bound(by_symbol) == (192, 1, 192)
+    assert cif_atom_bound(
+        by_symbol.replace("_symmetry_space_group_name_H-M 'F m -3 m'", "_symmetry_Int_Tables_number 221")
+    ) == (48, 1, 48)
+    assert cif_atom_bound("not a cif at all") == (0, 0, 0)
+
+
+def read_structure_text(text: str) -> Structure:
+    from cloudlib.scope import as_structure
+
+    return as_structure(CifText(text))
+
+
+def test_overlap_benchmark_runs():
+    """benchmarks/overlap.py (python -m benchmarks overlap) on a small cell: both methods, same answer."""
+    from benchmarks.overlap import all_pairs_check, bench_overlap, grid_cell
+
+    lattice, frac = grid_cell(216)
+    assert all_pairs_check(lattice, frac, 0.5) is None is _overlap_reference(lattice, frac, 0.5)
+    row = bench_overlap(sizes=(216, 343), old_max=216, repeats=1)
+    assert row["216 atoms"]["same answer"] is True
+    assert set(row["216 atoms"]) == {
+        "neighbour list",
+        "all pairs",
+        "ratios (all pairs / neighbour list)",
+        "same answer",
+    }
+    assert row["343 atoms"]["all pairs"]["not run"].startswith("first array 24 n^2 B = 0.003 GiB")
+    assert all(v["neighbour list"]["seconds"] > 0 for v in row.values())
