@@ -198,7 +198,30 @@ def _cmd_config(args) -> int:
 def _cmd_run(args) -> int:
     from .runner import run
 
-    run(args.profile, only=args.only, resume=args.resume)
+    if not args.book_only:
+        run(args.profile, only=args.only, resume=args.resume)
+    if args.book_only or not args.no_book:
+        _build_book(args.profile)
+    return EXIT_OK
+
+
+def _build_book(profile: str) -> None:
+    from . import paths
+    from .book import build
+
+    t = time.perf_counter()
+    out = build(profile)
+    pages = sorted(out.rglob("*.html"))
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(
+        f"[cloudlib book {profile}] {len(pages)} pages, {size / 1e6:.1f} MB, built in {time.perf_counter() - t:.1f} s: "
+        f"open {paths.display(out / 'index.html')}",
+        flush=True,
+    )
+
+
+def _cmd_book(args) -> int:
+    _build_book(args.profile)
     return EXIT_OK
 
 
@@ -415,7 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=list(PROFILES), default="laptop")
     p.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 01 02")
     p.add_argument("--resume", action="store_true", help="skip notebooks whose last run succeeded with the same inputs")
+    p.add_argument("--no-book", action="store_true", help="do not build the HTML book at the end")
+    p.add_argument("--book-only", action="store_true", help="only build the book from the executed notebooks")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("book", help="build the offline HTML book from a profile's executed notebooks")
+    p.add_argument("--profile", choices=list(PROFILES), default="laptop")
+    p.set_defaults(func=_cmd_book)
 
     p = sub.add_parser("pretrain", help="MLM pre-training on the offline corpus (torchrun for several processes)")
     p.add_argument("--preset", choices=sorted(PRESETS["pretrain"]), default="smoke")

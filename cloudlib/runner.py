@@ -47,12 +47,92 @@ def profile_parameters(profile: str, root: Path | None = None) -> dict[str, dict
     return yaml.safe_load((root / "params" / f"{profile}.yaml").read_text()) or {}
 
 
-def run(profile: str = "laptop", only: list[str] | None = None, kernel: str = "python3", log: bool = True) -> dict:
-    """Execute every numbered notebook in order; executed copies go to ``results[/smoke]/executed``.
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
-    Profile parameters are checked against each notebook's parameters cell (a typo fails fast).
-    Returns and writes ``run_<profile>.json`` with per-notebook wall time.
+
+def _last_frame(text: str) -> str:
+    """A stream as a terminal shows it: each line's text after its last carriage return."""
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
+
+
+def clean_notebook(nb: dict, profile: str, seconds: float, status: str = "ok") -> dict:
+    """An executed notebook made for reading: widget state and widget outputs (progress bars) removed, streams
+    reduced to what a terminal would show (no walls of ``\r`` progress lines), and a first markdown cell (tag
+    ``run-info``) with the profile, status, wall time and date. Idempotent."""
+    nb["metadata"].pop("widgets", None)
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        outs = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") in ("display_data", "execute_result") and WIDGET_MIME in out.get("data", {}):
+                continue
+            if out.get("output_type") == "stream":
+                text = out["text"] if isinstance(out["text"], str) else "".join(out["text"])
+                text = _last_frame(text)
+                if not text.strip():
+                    continue
+                out["text"] = text
+            outs.append(out)
+        cell["outputs"] = outs
+    nb["cells"] = [c for c in nb["cells"] if "run-info" not in c.get("metadata", {}).get("tags", [])]
+    info = {
+        "cell_type": "markdown",
+        "metadata": {"tags": ["run-info"]},
+        "source": f"*Executed by `python -m cloudlib run --profile {profile}` on {time.strftime('%Y-%m-%d %H:%M')}: "
+        f"profile **{profile}**, status **{status}**, wall time **{seconds:,.0f} s**.*",
+    }
+    if nb.get("nbformat", 4) >= 4 and nb.get("nbformat_minor", 0) >= 5:
+        info["id"] = "run-info"
+    nb["cells"].insert(0, info)
+    return nb
+
+
+def _sha(*parts) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else str(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def input_key(nb: Path, params: dict, upstream: str = "") -> str:
+    """What a notebook's outputs depend on: its cells' sources, its parameters, the library's sources, the
+    profile's parameter file and the keys of the notebooks before it (their outputs are its inputs)."""
+    root = paths.repo_root()
+    cells = [("".join(c["source"]), c["cell_type"]) for c in json.loads(nb.read_text())["cells"]]
+    lib = sorted((root / "cloudlib").glob("*.py"))
+    return _sha(json.dumps(cells), json.dumps(params, sort_keys=True), *(f.read_bytes() for f in lib), upstream)
+
+
+def _summary_table(rows: list[dict]) -> str:
+    lines = [f"{'notebook':<22} {'status':<9} {'seconds':>9}"]
+    for r in rows:
+        lines.append(f"{r['notebook']:<22} {r['status']:<9} {r['seconds']:>9.1f}")
+    total = sum(r["seconds"] for r in rows if r["status"] != "skipped")
+    lines.append(f"{'total (this run)':<22} {'':<9} {total:>9.1f}")
+    return "\n".join(lines)
+
+
+def run(
+    profile: str = "laptop",
+    only: list[str] | None = None,
+    kernel: str = "python3",
+    log: bool = True,
+    resume: bool = False,
+) -> dict:
+    """Execute every numbered notebook in order; executed copies go to ``results[/smoke]/executed``, cleaned for
+    reading (:func:`clean_notebook`). Progress bars are off in the kernels (``TQDM_DISABLE=1``).
+
+    Profile parameters are checked against each notebook's parameters cell (a typo fails fast). With
+    ``resume``, a notebook whose last run succeeded with the same :func:`input_key` is skipped. A failing
+    notebook stops the run (the ones after it read its outputs). Prints a summary table (notebook, status,
+    seconds) and writes ``run_<profile>.json`` (per notebook: seconds, status, parameters, key).
     """
+    import os
+
     import papermill as pm
 
     root = paths.repo_root()
@@ -61,34 +141,66 @@ def run(profile: str = "laptop", only: list[str] | None = None, kernel: str = "p
     known = {nb.stem for nb in nbs}
     if set(overrides) - known:
         raise ValueError(f"params/{profile}.yaml names unknown notebooks {sorted(set(overrides) - known)}")
-    if only:
-        nbs = [nb for nb in nbs if any(nb.stem.startswith(o) for o in only)]
     _, results = paths.output_dirs(profile)
     executed = results / "executed"
     executed.mkdir(parents=True, exist_ok=True)
-    report = {"profile": profile, "notebooks": {}}
-    planned = {}
+    state_file = results / f"run_{profile}.json"
+    previous = {}
+    if state_file.exists():
+        try:
+            previous = json.loads(state_file.read_text()).get("notebooks", {})
+        except ValueError:
+            previous = {}
+    planned, upstream = {}, ""
     for nb in nbs:  # check every notebook's parameters before running any: a typo fails fast
         params = {"profile": profile, **(overrides.get(nb.stem) or {})}
         unknown = set(params) - set(notebook_parameters(nb))
         if unknown:
             raise ValueError(f"{nb.name}: parameters {sorted(unknown)} are not in its parameters cell")
-        planned[nb] = params
+        upstream = input_key(nb, params, upstream)
+        planned[nb] = (params, upstream)
+    if only:
+        planned = {nb: v for nb, v in planned.items() if any(nb.stem.startswith(o) for o in only)}
+    report = {"profile": profile, "notebooks": dict(previous)}
+    rows = []
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the kernels inherit it: no progress bars in executed copies
     t_all = time.perf_counter()
-    for nb, params in planned.items():
+    failure = None
+    for nb, (params, key) in planned.items():
+        before = previous.get(nb.stem, {})
+        if resume and before.get("status") == "ok" and before.get("key") == key and (executed / nb.name).exists():
+            print(f"[cloudlib run {profile}] {nb.name} unchanged since its last successful run: skipped", flush=True)
+            rows.append({"notebook": nb.stem, "status": "skipped", "seconds": before.get("seconds", 0.0)})
+            continue
         print(f"[cloudlib run {profile}] {nb.name} {params}", flush=True)
         t = time.perf_counter()
-        pm.execute_notebook(
-            str(nb),
-            str(executed / nb.name),
-            parameters=params,
-            cwd=str(nb.parent),
-            kernel_name=kernel,
-            progress_bar=False,
-            log_output=log,
-        )
-        report["notebooks"][nb.stem] = {"seconds": round(time.perf_counter() - t, 1), "parameters": params}
-        print(f"[cloudlib run {profile}] {nb.name} done in {time.perf_counter() - t:.0f} s", flush=True)
+        status = "ok"
+        try:
+            pm.execute_notebook(
+                str(nb),
+                str(executed / nb.name),
+                parameters=params,
+                cwd=str(nb.parent),
+                kernel_name=kernel,
+                progress_bar=False,
+                log_output=log,
+            )
+        except Exception as exc:  # noqa: BLE001 - recorded, summarised, then re-raised
+            status, failure = "failed", exc
+        seconds = round(time.perf_counter() - t, 1)
+        out = executed / nb.name
+        if out.exists():
+            cleaned = clean_notebook(json.loads(out.read_text()), profile, seconds, status)
+            write_json(out, cleaned, indent=1)
+        report["notebooks"][nb.stem] = {"seconds": seconds, "status": status, "parameters": params, "key": key}
+        rows.append({"notebook": nb.stem, "status": status, "seconds": seconds})
+        print(f"[cloudlib run {profile}] {nb.name} {status} in {seconds:.0f} s", flush=True)
+        if failure is not None:
+            break
     report["seconds"] = round(time.perf_counter() - t_all, 1)
-    write_json(results / f"run_{profile}.json", report)
+    report["summary"] = rows
+    write_json(state_file, report)
+    print(_summary_table(rows), flush=True)
+    if failure is not None:
+        raise failure
     return report

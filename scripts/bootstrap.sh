@@ -27,3 +27,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     || { echo "[bootstrap] install incomplete" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
+# cffconvert (validates CITATION.cff in the tests) pins jsonschema<4, which JupyterLab cannot use: its own venv
+if [ ! -x .venv-cff/bin/cffconvert ]; then
+  echo "[bootstrap] installing cffconvert into .venv-cff"
+  "$PY" -m venv .venv-cff
+  .venv-cff/bin/python -m pip --disable-pip-version-check -q install "cffconvert==2.0.0" 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" || true
+fi

@@ -7,6 +7,7 @@ where it fails: CI always has the mirror, so a skip there would hide a broken da
 from __future__ import annotations
 
 import os
+import shutil
 
 import pandas as pd
 import pytest
@@ -47,3 +48,45 @@ def dielectric_structures() -> pd.DataFrame:
 def paper_scope() -> pd.DataFrame:
     """The authors' fold-0 SCOPE strings with MatBench ids."""
     return need_call(matbench_data.load_paper_dielectric_scope)
+
+
+# ---------------------------------------------------------------- headless Chromium (explorer, book, JupyterLab)
+
+
+def unavailable(reason: str):
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but the browser test cannot run: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        unavailable("selenium is not installed (pip install -e '.[test]')")
+    chromium = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    driver_exe = shutil.which("chromedriver")
+    if not chromium or not driver_exe:
+        unavailable("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1240,900",
+        "--force-device-scale-factor=1",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+    ):  # any network request would fail loudly
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # An explicit driver path: selenium-manager (which would go online) is not consulted.
+    drv = webdriver.Chrome(options=opts, service=Service(executable_path=driver_exe))
+    drv.set_page_load_timeout(60)
+    try:
+        yield drv
+    finally:
+        drv.quit()
