@@ -116,15 +116,27 @@ def _summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+KERNEL = "cloud-companion"
+
+
+def project_kernel() -> str:
+    """The project's kernel (``cloud-companion``, registered in ``.venv`` by ``scripts/bootstrap.sh`` and named in
+    every notebook's metadata) when it is registered, else ``python3`` (this interpreter's own kernel)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
+
+
 def run(
     profile: str = "laptop",
     only: list[str] | None = None,
-    kernel: str = "python3",
+    kernel: str | None = None,
     log: bool = True,
     resume: bool = False,
 ) -> dict:
     """Execute every numbered notebook in order; executed copies go to ``results[/smoke]/executed``, cleaned for
-    reading (:func:`clean_notebook`). Progress bars are off in the kernels (``TQDM_DISABLE=1``).
+    reading (:func:`clean_notebook`). Progress bars are off in the kernels (``TQDM_DISABLE=1``). The kernel is
+    ``kernel`` or, by default, :func:`project_kernel`.
 
     Profile parameters are checked against each notebook's parameters cell (a typo fails fast). With
     ``resume``, a notebook whose last run succeeded with the same :func:`input_key` is skipped. A failing
@@ -181,7 +193,7 @@ def run(
                 str(executed / nb.name),
                 parameters=params,
                 cwd=str(nb.parent),
-                kernel_name=kernel,
+                kernel_name=kernel or project_kernel(),
                 progress_bar=False,
                 log_output=log,
             )

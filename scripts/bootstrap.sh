@@ -34,3 +34,8 @@ if [ ! -x .venv-cff/bin/cffconvert ]; then
   .venv-cff/bin/python -m pip --disable-pip-version-check -q install "cffconvert==2.0.0" 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
 fi
+# The project's Jupyter kernel, registered inside .venv (the notebooks ask for it by name, so JupyterLab, nbval and
+# papermill never pick another environment's "python3")
+if [ ! -f "$VENV/share/jupyter/kernels/cloud-companion/kernel.json" ]; then
+  "$VENV/bin/python" -m ipykernel install --sys-prefix --name cloud-companion --display-name "cloud-companion (.venv)" >/dev/null
+fi

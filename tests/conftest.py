@@ -79,8 +79,8 @@ def browser():
         "--disable-dev-shm-usage",
         "--window-size=1240,900",
         "--force-device-scale-factor=1",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-    ):  # any network request would fail loudly
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    ):  # any network request but to loopback (JupyterLab) would fail loudly
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # An explicit driver path: selenium-manager (which would go online) is not consulted.

@@ -346,3 +346,27 @@ def test_fit_physics_on_mixed_rows(cv_data):
     assert np.isfinite(table.to_numpy()).all()
     with pytest.raises(InvalidTargetError, match="row 0"):
         cd.fit_physics(["a"], [300.0], [[np.nan]], [1], cfg)
+
+
+def test_shipped_debye_model_reproduces_its_card_on_the_authors_test_split():
+    """models/cloud-debye-laptop (notebook 05's laptop ensemble, copied as saved): it loads with its manifest
+    checked, its test-split scores are the ones its card records (bf16 on CPUs with bf16 units, fp32 elsewhere:
+    a small tolerance), its band covers about the calibrated share of test rows, and every prediction is one
+    Debye curve (Cv from the library's Debye integral at the predicted Θ)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "models" / "cloud-debye-laptop"
+    card = json.loads((folder / "ensemble.json").read_text())["card"]
+    ens = cd.load_debye(folder)
+    assert isinstance(ens, cd.Ensemble) and len(ens.members) == 5
+    test = pd.read_csv(need("cloud/cloud_cv_test.csv"))
+    strings, n_atoms = list(test["cloud"]), test["n_atoms"].to_numpy(float)
+    cv = ens.heat_capacity(strings, [300.0], n_atoms)[:, 0]
+    m = regression_metrics(test["cv"].to_numpy(float), cv)
+    assert m["mae"] == pytest.approx(card["authors_test_split_cv300"]["mae"], rel=0.02)
+    assert m["mae"] / m["mad"] < 0.08  # the paper: 0.057; a blind regressor here: 0.21
+    coverage = ens.coverage(strings, test["cv"].to_numpy(float), n_atoms)
+    assert coverage == pytest.approx(card["coverage"]["test_coverage_calibrated"], abs=0.03)
+    theta = ens.theta(strings)
+    np.testing.assert_allclose(cv, debye.heat_capacity(theta, 300.0, n_atoms).numpy().reshape(-1), rtol=1e-10)
