@@ -243,16 +243,64 @@ class EnsembleRun:
     scores: pd.DataFrame  # one row per name, regression metrics
     coverage: dict  # nominal level, test coverage before / after calibration, calibration-row evidence
     seconds: float
+    reused: str = ""  # the saved ensemble folder that was loaded instead of training, if any
+
+
+def reusable_ensemble(folder, train: pd.DataFrame, cfg: FinetuneConfig, k: int, level: float) -> str:
+    """Why the saved ensemble in ``folder`` cannot stand in for training one now ("" when it can): it must
+    exist, have ``k`` members whose configs are ``cfg`` with seeds ``cfg.seed + i``, the same ``level``, and a
+    card that records the same number of training rows."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "ensemble.json").read_text())
+        members = [json.loads((folder / m / "debye.json").read_text())["config"] for m in meta["members"]]
+    except (OSError, ValueError, KeyError) as exc:
+        return f"no readable saved ensemble ({type(exc).__name__})"
+    if len(members) != k:
+        return f"{len(members)} members, not {k}"
+    if meta.get("level") != level:
+        return f"level {meta.get('level')}, not {level}"
+    if meta.get("card", {}).get("training_rows") != len(train):
+        return f"trained on {meta.get('card', {}).get('training_rows')} rows, not {len(train)}"
+    for i, saved in enumerate(members):
+        if saved != cfg.replace(seed=cfg.seed + i).to_dict():
+            return f"member {i} was trained with another config"
+    return ""
 
 
 def run_ensemble(
-    train: pd.DataFrame, test: pd.DataFrame, cfg: FinetuneConfig, k: int = 5, level: float = 0.9, progress=True
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    cfg: FinetuneConfig,
+    k: int = 5,
+    level: float = 0.9,
+    progress=True,
+    reuse: str | None = None,
 ) -> EnsembleRun:
     """An ensemble of k CLOUD-DEBYE fits (:func:`cloudlib.cloud_debye.fit_ensemble`; its band calibrated on
     training rows no member saw) scored on the authors' test split: the ensemble and its first member alone,
-    and the coverage of the nominal ``level`` interval on the test rows, uncalibrated and calibrated."""
+    and the coverage of the nominal ``level`` interval on the test rows, uncalibrated and calibrated.
+
+    With ``reuse`` (a saved ensemble folder, e.g. the shipped ``models/cloud-debye-laptop``) the ensemble is
+    loaded instead of trained when :func:`reusable_ensemble` finds it was trained with these settings on these
+    rows; the scores are computed afresh either way."""
+    from .cloud_debye import load_debye
+    from .paths import resolve
+
     t0 = time.perf_counter()
-    ens = fit_ensemble(train["cloud"], train["cv"], train["n_atoms"], cfg, k=k, level=level, progress=progress)
+    why = reusable_ensemble(resolve(reuse), train, cfg, k, level) if reuse else "no folder to reuse"
+    if reuse and not why:
+        ens, reused = load_debye(resolve(reuse)), str(reuse)
+    else:
+        if reuse:
+            print(f"not reusing {reuse}: {why}; training the ensemble")
+        ens, reused = (
+            fit_ensemble(train["cloud"], train["cv"], train["n_atoms"], cfg, k=k, level=level, progress=progress),
+            "",
+        )
     strings, n = list(test["cloud"]), test["n_atoms"].to_numpy(float)
     preds = {
         f"CLOUD-DEBYE ensemble of {k}": ens.heat_capacity(strings, [300.0], n)[:, 0],
@@ -268,7 +316,7 @@ def run_ensemble(
         "test_rows": int(len(test)),
         "calibration": ens.calibration,
     }
-    return EnsembleRun(ens, preds, scores, coverage, time.perf_counter() - t0)
+    return EnsembleRun(ens, preds, scores, coverage, time.perf_counter() - t0, reused)
 
 
 #: temperature bands (K, lower bound exclusive except the first) of the by-band tables

@@ -370,3 +370,25 @@ def test_shipped_debye_model_reproduces_its_card_on_the_authors_test_split():
     assert coverage == pytest.approx(card["coverage"]["test_coverage_calibrated"], abs=0.03)
     theta = ens.theta(strings)
     np.testing.assert_allclose(cv, debye.heat_capacity(theta, 300.0, n_atoms).numpy().reshape(-1), rtol=1e-10)
+
+
+def test_shipped_ensemble_serves_the_laptop_main_job_without_training():
+    """Notebook 05's laptop profile loads models/cloud-debye-laptop instead of training 5 fits; a change of the
+    preset, the seed, the rows or k makes it train again (and says why)."""
+    from pathlib import Path
+
+    import yaml
+
+    from cloudlib import debye_benchmark as db
+
+    root = Path(__file__).resolve().parent.parent
+    params = yaml.safe_load((root / "params" / "laptop.yaml").read_text())["05_debye"]
+    folder = root / params["ensemble_from"]
+    cfg = preset("debye", params["preset"], seed=0)
+    train = pd.read_csv(need("cloud/cloud_cv_train_and_val.csv"))
+    assert db.reusable_ensemble(folder, train, cfg, params["ensemble_k"], 0.9) == ""
+    assert "another config" in db.reusable_ensemble(folder, train, cfg.replace(lr=1e-4), 5, 0.9)
+    assert "another config" in db.reusable_ensemble(folder, train, cfg.replace(seed=1), 5, 0.9)
+    assert "rows" in db.reusable_ensemble(folder, train.head(100), cfg, 5, 0.9)
+    assert "members" in db.reusable_ensemble(folder, train, cfg, 3, 0.9)
+    assert "no readable" in db.reusable_ensemble(root / "models" / "cloud-laptop", train, cfg, 5, 0.9)
