@@ -100,11 +100,21 @@ def _sha(*parts) -> str:
 
 def input_key(nb: Path, params: dict, upstream: str = "") -> str:
     """What a notebook's outputs depend on: its cells' sources, its parameters, the library's sources, the
-    profile's parameter file and the keys of the notebooks before it (their outputs are its inputs)."""
+    shipped models (their manifests: size and sha256 of every file), the committed data's provenance files and
+    the keys of the notebooks before it (their outputs are its inputs)."""
     root = paths.repo_root()
     cells = [("".join(c["source"]), c["cell_type"]) for c in json.loads(nb.read_text())["cells"]]
     lib = sorted((root / "cloudlib").glob("*.py"))
-    return _sha(json.dumps(cells), json.dumps(params, sort_keys=True), *(f.read_bytes() for f in lib), upstream)
+    shipped = sorted((root / "models").glob("*/manifest.json")) + sorted(
+        f for pattern in ("*/*provenance*.json", "*/*/*provenance*.json") for f in (root / "data").glob(pattern)
+    )
+    return _sha(
+        json.dumps(cells),
+        json.dumps(params, sort_keys=True),
+        *(f.read_bytes() for f in lib),
+        *(f.relative_to(root).as_posix().encode() + f.read_bytes() for f in shipped),
+        upstream,
+    )
 
 
 def _summary_table(rows: list[dict]) -> str:

@@ -199,3 +199,69 @@ def test_book_in_the_browser(built, browser, tmp_path):
         browser.switch_to.default_content()
     assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")] == []
     assert browser.save_screenshot(str(shots / "book_explorer.png"))
+
+
+# ---------------------------------------------------------------- the runner's --resume and summary
+
+
+@pytest.fixture()
+def fake_papermill(monkeypatch, tmp_path):
+    """runner.run with papermill replaced by a copy (the notebook 'runs' instantly) and the profile's output
+    folders in tmp: what --resume skips and what the summary says, without executing anything."""
+    import papermill
+
+    from cloudlib import paths
+
+    calls = []
+
+    def execute(src, dst, parameters, **kw):
+        calls.append(Path(src).stem)
+        nb = nbformat.read(src, as_version=4)
+        if parameters.get("n_analysis") == -1:
+            raise RuntimeError("boom")
+        nbformat.write(nb, dst)
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    monkeypatch.setattr(paths, "output_dirs", lambda profile="smoke": (tmp_path / "fig", tmp_path / "res"))
+    (tmp_path / "res").mkdir()
+    return calls
+
+
+def test_resume_skips_what_succeeded_with_the_same_inputs(fake_papermill, tmp_path, capsys, monkeypatch):
+    calls = fake_papermill
+    first = runner.run("smoke")
+    every = [nb.stem for nb in runner.notebooks()]
+    assert calls == every and all(v["status"] == "ok" for v in first["notebooks"].values())
+    out = capsys.readouterr().out
+    assert "notebook" in out and "status" in out and "total (this run)" in out
+    executed = nbformat.read(tmp_path / "res" / "executed" / "01_scope.ipynb", as_version=4)
+    assert "run-info" in executed.cells[0].metadata.tags  # cleaned for reading
+    calls.clear()
+    runner.run("smoke", resume=True)
+    assert calls == []
+    assert capsys.readouterr().out.count("skipped") >= len(every)
+    # a changed parameter re-runs that notebook and every one after it (their inputs are its outputs)
+    real = runner.profile_parameters
+
+    def changed(profile, root=None):
+        return {**real(profile, root), "04_scaling": {"n_boot": 7}}
+
+    monkeypatch.setattr(runner, "profile_parameters", changed)
+    runner.run("smoke", resume=True)
+    assert calls == ["04_scaling", "05_debye"]
+    # without --resume everything runs
+    calls.clear()
+    runner.run("smoke")
+    assert calls == every
+
+
+def test_a_failing_notebook_stops_the_run_and_is_recorded(fake_papermill, monkeypatch, capsys):
+    calls = fake_papermill
+    real = runner.profile_parameters
+    monkeypatch.setattr(
+        runner, "profile_parameters", lambda p, root=None: {**real(p, root), "02_pretrain": {"n_analysis": -1}}
+    )
+    with pytest.raises(RuntimeError, match="boom"):
+        runner.run("smoke")
+    assert calls == ["01_scope", "02_pretrain"]
+    assert "failed" in capsys.readouterr().out
