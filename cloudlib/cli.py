@@ -497,7 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .registry import absolute_mirror
+
     args = build_parser().parse_args(argv)
+    absolute_mirror()  # a relative CLOUD_DATA_MIRROR means: from where this command was started
     try:
         return args.func(args)
     except (UsageError, CloudError) as exc:

@@ -433,6 +433,17 @@ def _fetch_from_sources(name: str, cached: Path, accept, remote, remote_label: s
     raise DataUnavailableError("no source could provide it; tried: " + " | ".join(tried) + hint, name)
 
 
+def absolute_mirror() -> str | None:
+    """Make a relative ``$CLOUD_DATA_MIRROR`` absolute, against the current directory, in ``os.environ`` (so
+    child processes, e.g. notebook kernels that run in ``notebooks/``, see the same folder); returns it. The
+    command line and the notebook runner call this once, at their start."""
+    mirror = os.environ.get("CLOUD_DATA_MIRROR")
+    if mirror and not Path(mirror).expanduser().is_absolute():
+        mirror = str(Path(mirror).expanduser().resolve())
+        os.environ["CLOUD_DATA_MIRROR"] = mirror
+    return mirror
+
+
 def fetch(name: str) -> Path:
     """Local path of registry file ``name``, verified against its sha256 (see module docstring)."""
     if name not in REGISTRY:

@@ -157,6 +157,9 @@ def run(
 
     import papermill as pm
 
+    from .registry import absolute_mirror
+
+    absolute_mirror()  # the kernels run in notebooks/: a relative mirror path would point elsewhere there
     root = paths.repo_root()
     overrides = profile_parameters(profile, root)
     nbs = notebooks(root)

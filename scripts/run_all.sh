@@ -2,6 +2,7 @@
 # Main job: every numbered notebook, in order, headless (papermill), in a profile (default laptop).
 #   bash scripts/run_all.sh [smoke|laptop|paper] [notebook prefixes...]
 set -euo pipefail
+source "$(dirname "$0")/env.sh"  # a relative CLOUD_DATA_MIRROR made absolute before the cd
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 profile=${1:-laptop}; shift || true

@@ -15,6 +15,8 @@ import pytest
 from cloudlib import matbench_data, registry
 from cloudlib.errors import DataUnavailableError
 
+registry.absolute_mirror()  # nbval's kernels run in notebooks/: a relative mirror path must not change meaning
+
 NACL = "1 6 a O D D a D O D b O O O c O O O d O O O e O O O 0 | 4a 4b | Na 0.5 Cl 0.5"
 
 

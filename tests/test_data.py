@@ -5,13 +5,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 from conftest import need
 
-from cloudlib import matbench_data
+from cloudlib import matbench_data, registry
 from cloudlib.corpus import BLOCK_TOKENS, corpus_sources, load_pretraining_corpus, n_tokens
 from cloudlib.errors import ChecksumError, DataUnavailableError
 from cloudlib.registry import REGISTRY, Dataset, fetch, fetch_manifest
@@ -360,3 +363,40 @@ def test_cli_unknown_dataset_is_a_usage_error(sandbox, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "no/such/file.csv" in lines[0] and "unknown dataset" in lines[0], err
     assert "Traceback" not in err
+
+
+def test_relative_mirror_means_from_where_the_command_started(tmp_path, monkeypatch):
+    """The README's `export CLOUD_DATA_MIRROR=../shared/data` must keep its meaning in the notebooks (which run
+    in notebooks/) and in every child: the shell entry points and the Python ones make it absolute once."""
+    real = os.environ.get("CLOUD_DATA_MIRROR")
+    if not real or not Path(real, "cloud", "cloud_cv_test.csv").is_file():
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but the data mirror is not")
+        pytest.skip("needs the data mirror")
+    root = Path(__file__).resolve().parent.parent
+    start = tmp_path / "somewhere"
+    start.mkdir()
+    rel = os.path.relpath(real, start)
+    # the shell side: scripts/env.sh, sourced before run_all.sh / test.sh / lab.sh change directory
+    out = subprocess.run(
+        ["bash", "-c", f'source {root / "scripts" / "env.sh"}; cd /; echo "$CLOUD_DATA_MIRROR"'],
+        cwd=start,
+        env={**os.environ, "CLOUD_DATA_MIRROR": rel},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert Path(out) == Path(real).resolve()
+    # the Python side: the CLI, started here, with a cold cache, fetches from the mirror
+    run = subprocess.run(
+        [sys.executable, "-m", "cloudlib", "data", "fetch", "cloud/cloud_cv_test.csv"],
+        cwd=start,
+        env={**os.environ, "CLOUD_DATA_MIRROR": rel, "CLOUD_CACHE": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    monkeypatch.chdir(start)
+    monkeypatch.setenv("CLOUD_DATA_MIRROR", rel)
+    assert registry.absolute_mirror() == str(Path(real).resolve()) == os.environ["CLOUD_DATA_MIRROR"]
