@@ -220,6 +220,14 @@ def _build_book(profile: str) -> None:
     )
 
 
+def _cmd_ship(args) -> int:
+    from .io import ship_folder
+
+    dest = ship_folder(args.source, args.dest)
+    print(f"shipped {args.source} -> {dest}")
+    return EXIT_OK
+
+
 def _cmd_book(args) -> int:
     _build_book(args.profile)
     return EXIT_OK
@@ -441,6 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-book", action="store_true", help="do not build the HTML book at the end")
     p.add_argument("--book-only", action="store_true", help="only build the book from the executed notebooks")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("ship", help="copy a run's model folder (checked against its manifest) to where it ships")
+    p.add_argument("source", help="e.g. results/cloud-dielectric-laptop")
+    p.add_argument("dest", help="e.g. models/cloud-dielectric-laptop")
+    p.set_defaults(func=_cmd_ship)
 
     p = sub.add_parser("book", help="build the offline HTML book from a profile's executed notebooks")
     p.add_argument("--profile", choices=list(PROFILES), default="laptop")

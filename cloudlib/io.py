@@ -187,3 +187,22 @@ def verify_manifest(folder: str | os.PathLike, required: tuple[str, ...] = (), k
             )
         if rec.get("sha256") and _sha256(f) != rec["sha256"]:
             raise ModelError(f"{name} does not match the sha256 recorded when it was saved: corrupted", str(folder))
+
+
+def ship_folder(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy a model folder made by a run (e.g. ``results/cloud-dielectric-laptop``) to where it ships (e.g.
+    ``models/cloud-dielectric-laptop``): the source is checked against its manifest first (a truncated or altered
+    file is named and nothing is copied), the destination is replaced atomically and keeps the source's card and
+    manifests. The main job never writes into ``models/``; this is the one way a run's model gets there."""
+    from .errors import ModelError
+
+    src, dest = Path(src), Path(dest)
+    verify_manifest(src, kind="model")
+    if not (src / MANIFEST).is_file():
+        raise ModelError(f"no {MANIFEST}: not a folder saved by cloudlib", str(src))
+    if src.resolve() == dest.resolve():
+        raise ModelError("source and destination are the same folder", str(src))
+    with atomic_dir(dest) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+    return dest
+

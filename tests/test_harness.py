@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,42 @@ def test_runner_refuses_unknown_parameters_and_notebooks(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"\['m'\]"):
         runner.run("laptop", log=False)
     assert not (tmp_path / "notebooks" / "out.json").exists()  # refused before anything ran
+
+
+def test_the_main_job_writes_no_tracked_file():
+    """Every export of every profile goes under results/ (shipping into models/ is `python -m cloudlib ship`),
+    and no notebook builds a path under models/ to write to."""
+    from cloudlib import runner
+    from cloudlib.paths import PROFILES
+
+    for profile in PROFILES:
+        for nb, params in runner.profile_parameters(profile).items():
+            target = (params or {}).get("export_model")
+            assert not target or str(target).startswith("results/"), (profile, nb, target)
+    for nb in runner.notebooks():
+        code = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+        writes = re.compile(r"\b(export_\w*|save\w*|write\w*|ship\w*|copy\w*)\(")
+        for line in code.splitlines():  # reading models/ (the shipped encoder) is fine; writing there is not
+            assert not ("models" in line and writes.search(line)), (nb.name, line)
+        defaults = runner.notebook_parameters(nb)
+        assert not defaults.get("export_model"), nb.name  # smoke (nbval, Run All) exports nothing
+
+
+def test_ship_copies_a_checked_folder_and_refuses_a_damaged_one(tmp_path, capsys):
+    from cloudlib.cli import main
+    from cloudlib.io import write_manifest
+
+    src = tmp_path / "results" / "m"
+    src.mkdir(parents=True)
+    (src / "weights.bin").write_bytes(b"w" * 100)
+    (src / "card.json").write_text('{"mae": 0.3}')
+    write_manifest(src)
+    dest = tmp_path / "models" / "m"
+    assert main(["ship", str(src), str(dest)]) == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["card.json", "manifest.json", "weights.bin"]
+    assert (dest / "weights.bin").read_bytes() == b"w" * 100
+    (src / "weights.bin").write_bytes(b"w" * 99)  # truncated after it was saved
+    assert main(["ship", str(src), str(dest)]) == 1
+    assert "weights.bin" in capsys.readouterr().err
+    assert (dest / "weights.bin").read_bytes() == b"w" * 100  # the shipped copy is untouched
+    assert main(["ship", str(tmp_path / "nothing"), str(dest)]) == 1
