@@ -8,8 +8,8 @@ the engine does everything else, once:
 * **randomness as a function of the step**: before step ``s`` the engine seeds dropout with
   :func:`step_seed` and hands the objective a generator seeded with :func:`mask_seed` (MLM masks), so a run
   resumed from a checkpoint repeats the uninterrupted run exactly;
-* **precision**: :func:`autocast` (``precision="auto"``: bf16 autocast on CUDA, fp32 on CPU for now;
-  ``"bf16"`` asks for it on CPUs with native bf16 units, AVX512-BF16 / AMX; the heads always run in fp32);
+* **precision**: :func:`autocast` (``precision="auto"``: bf16 autocast on CUDA and on CPUs with native bf16
+  units, AVX512-BF16 / AMX, fp32 on other CPUs; ``"bf16"`` / ``"fp32"`` force one; the heads always run in fp32);
 * **optimizer and schedule**: AdamW over parameter groups (:func:`param_groups`: no weight decay on biases
   and norms, one learning rate per module), linear warm-up then cosine decay to zero (:func:`lr_lambda`),
   gradient clipping;
@@ -134,7 +134,7 @@ def cpu_has_bf16() -> bool:
 
 
 # "auto" on a CPU with bf16 units (AVX512-BF16 / AMX): bf16 autocast. Measured on AMD Zen 4 (issue 11): the
-# fixed-batch MLM loss agrees with fp32 to well under 1 % (`python -m cloudlib.bench pretrain`, tested in
+# fixed-batch MLM loss agrees with fp32 to well under 1 % (`python -m benchmarks pretrain`, tested in
 # tests/test_bench.py), the fold-0 fine-tuning validation MAE is as good (data/recipe/README.md), and training
 # runs ~2x faster. Set to False (or pass precision="fp32") for the fp32 numbers.
 CPU_AUTO_BF16 = True

@@ -205,4 +205,3 @@ def ship_folder(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
     with atomic_dir(dest) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
     return dest
-
