@@ -76,7 +76,11 @@ def _gain(j: dict) -> str:
 
 def _exponents(j: dict) -> str:
     p = j["params"]
-    return f"α = {p['alpha']:.2f}, β = {p['beta']:.2f} ({j.get('n_points', '?')} runs)"
+    a, b = p["alpha"], p["beta"]
+    return (
+        f"α = {a['estimate']:.2f} [{a['lo']:.2f}, {a['hi']:.2f}], β = {b['estimate']:.2f} [{b['lo']:.2f}, "
+        f"{b['hi']:.2f}] ({j.get('ci_level', 0.95):.0%} bootstrap; {j.get('n_points', '?')} runs)"
+    )
 
 
 def _metric(j: dict, prefix: str) -> str:
@@ -88,7 +92,8 @@ def _metric(j: dict, prefix: str) -> str:
 
 def _audit(j: dict) -> str:
     return "; ".join(
-        f"{m}: {sum(int(v) for v in d.values())} violations" for m, d in j["consistency_violations"].items()
+        f"{m}: {int(d['any'])} of {int(d['materials'])} materials violate"
+        for m, d in j["consistency_violations"].items()
     )
 
 

@@ -265,3 +265,18 @@ def test_a_failing_notebook_stops_the_run_and_is_recorded(fake_papermill, monkey
         runner.run("smoke")
     assert calls == ["01_scope", "02_pretrain"]
     assert "failed" in capsys.readouterr().out
+
+
+def test_claims_read_the_scaling_fit_and_the_audit_as_the_notebooks_write_them(tmp_path):
+    ci = {"estimate": 0.41, "lo": 0.31, "hi": 0.56}
+    (tmp_path / "04_scaling_fit.json").write_text(
+        json.dumps({"params": {"alpha": ci, "beta": {**ci, "estimate": 0.39}}, "ci_level": 0.95, "n_points": 36})
+    )
+    audit = {"CLOUD-DEBYE": {"materials": 360, "negative": 0, "any": 0}, "direct": {"materials": 360, "any": 359}}
+    (tmp_path / "05_debye_summary.json").write_text(json.dumps({"consistency_violations": audit, "metrics": []}))
+    t = book.claims_table(tmp_path).set_index("notebook")
+    assert t.loc["04_scaling", "measured"] == "α = 0.41 [0.31, 0.56], β = 0.39 [0.31, 0.56] (95% bootstrap; 36 runs)"
+    assert (
+        t.loc["05_debye", "measured"].iloc[-1]
+        == "CLOUD-DEBYE: 0 of 360 materials violate; direct: 359 of 360 materials violate"
+    )
