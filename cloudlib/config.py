@@ -245,7 +245,7 @@ _FINETUNE = {
     # epochs (5 %), cosine to ~0, batch 512, dropout 0.1, no gradient clipping, valid_size 0.25. The encoder is
     # the one notebook 02 pre-trains in the paper profile; encoder="ChangwenXu/CLOUD" takes the released weights.
     "paper": FinetuneConfig(
-        encoder="models/cloud-paper",
+        encoder="results/cloud-paper",  # what notebook 02 exports in the paper profile (ship it: cloudlib ship)
         epochs=200,
         batch_size=512,
         lr=5e-5,

@@ -64,9 +64,7 @@ def test_one_encoder_per_profile_everywhere():
     exports (params/paper.yaml), the laptop profile's from the shipped encoder, which notebook 02 never
     overwrites; no other module holds a second opinion."""
     exported = runner.profile_parameters("paper", ROOT)["02_pretrain"]["export_model"]
-    assert (
-        config.PRESETS["finetune"]["paper"].encoder == config.PRESETS["debye"]["paper"].encoder == f"models/{exported}"
-    )
+    assert config.PRESETS["finetune"]["paper"].encoder == config.PRESETS["debye"]["paper"].encoder == exported
     assert not runner.profile_parameters("laptop", ROOT)["02_pretrain"].get("export_model")
     assert config.PRESETS["finetune"]["laptop"].encoder == config.PRESETS["debye"]["laptop"].encoder
     assert config.PRESETS["finetune"]["laptop"].encoder == "models/cloud-laptop"

@@ -386,7 +386,7 @@ def test_relative_mirror_means_from_where_the_command_started(tmp_path, monkeypa
         text=True,
         check=True,
     ).stdout.strip()
-    assert Path(out) == Path(real).resolve()
+    assert Path(out).resolve() == Path(real).resolve()
     # the Python side: the CLI, started here, with a cold cache, fetches from the mirror
     run = subprocess.run(
         [sys.executable, "-m", "cloudlib", "data", "fetch", "cloud/cloud_cv_test.csv"],
