@@ -37,9 +37,10 @@ MIN_DISTANCE = 0.5
 SPACING = 2.2
 
 
-def all_pairs_check(lattice: np.ndarray, frac: np.ndarray, min_distance: float) -> tuple | None:
-    """The check before issue 12 (``cloudlib.scope._check_overlap`` at commit 20eb54c), returning instead of
-    raising: (i, j, distance) of the closest pair if closer than ``min_distance``, else None."""
+def all_pairs_closest(lattice: np.ndarray, frac: np.ndarray, min_distance: float) -> tuple | None:
+    """The check before issue 12 (``cloudlib.scope._check_overlap`` at commit 20eb54c), verbatim, returning
+    instead of raising: (squared distance, i, j) of the closest pair if closer than ``min_distance``, else None
+    (the form ``cloudlib.scope._closest_pair`` returns, so the tests compare the two exactly)."""
     n = len(frac)
     if n < 2:
         return None
@@ -51,8 +52,14 @@ def all_pairs_check(lattice: np.ndarray, frac: np.ndarray, min_distance: float) 
     k = int(dist2.argmin())
     if dist2[k] < min_distance**2:
         i, j = sorted(divmod(k, n))
-        return i, j, float(np.sqrt(dist2[k]))
+        return float(dist2[k]), i, j
     return None
+
+
+def all_pairs_check(lattice: np.ndarray, frac: np.ndarray, min_distance: float) -> tuple | None:
+    """:func:`all_pairs_closest` as (i, j, distance), or None."""
+    hit = all_pairs_closest(lattice, frac, min_distance)
+    return None if hit is None else (hit[1], hit[2], float(np.sqrt(hit[0])))
 
 
 def grid_cell(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

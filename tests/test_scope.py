@@ -407,23 +407,6 @@ def test_spawned_workers_survive_a_killer_too(monkeypatch):
     assert (df.drop(index=3)["scope"] == NACL).all()
 
 
-def _overlap_reference(lattice, frac, min_distance):
-    """The check before issue 12, verbatim: all n^2 distances at once. (d2, i, j) or None."""
-    n = len(frac)
-    if n < 2:
-        return None
-    d = frac[:, None, :] - frac[None, :, :]
-    d -= np.rint(d)
-    cart = d.reshape(-1, 3) @ lattice
-    dist2 = np.einsum("ij,ij->i", cart, cart)
-    dist2[:: n + 1] = np.inf  # self-distances
-    k = int(dist2.argmin())
-    if dist2[k] < min_distance**2:
-        i, j = sorted(divmod(k, n))
-        return float(dist2[k]), i, j
-    return None
-
-
 def _random_cells(rng, count):
     """Cells of every awkward kind: random and jittered-grid sites, skewed bases of ordinary lattices
     (where the rounded image is not the nearest one), thin cells, cells smaller than min_distance."""
@@ -458,12 +441,13 @@ def _random_cells(rng, count):
 
 def test_overlap_check_is_the_all_pairs_check():
     """The neighbour-list check raises exactly when the O(n^2) one did, naming the same pair and distance."""
+    from benchmarks.overlap import all_pairs_closest
     from cloudlib.scope import _closest_pair, check_overlap
 
     rng = np.random.default_rng(12)
     raised = 0
     for lattice, frac, r in _random_cells(rng, 800):
-        ref = _overlap_reference(lattice, frac, r)
+        ref = all_pairs_closest(lattice, frac, r)
         assert _closest_pair(lattice, frac, r, dense_max=0) == ref  # the tree path, whatever the size
         assert _closest_pair(lattice, frac, r) == ref  # the path the size picks
         if ref is None:
@@ -570,10 +554,10 @@ def read_structure_text(text: str) -> Structure:
 
 def test_overlap_benchmark_runs():
     """benchmarks/overlap.py (python -m benchmarks overlap) on a small cell: both methods, same answer."""
-    from benchmarks.overlap import all_pairs_check, bench_overlap, grid_cell
+    from benchmarks.overlap import all_pairs_check, all_pairs_closest, bench_overlap, grid_cell
 
     lattice, frac = grid_cell(216)
-    assert all_pairs_check(lattice, frac, 0.5) is None is _overlap_reference(lattice, frac, 0.5)
+    assert all_pairs_check(lattice, frac, 0.5) is None is all_pairs_closest(lattice, frac, 0.5)
     row = bench_overlap(sizes=(216, 343), old_max=216, repeats=1)
     assert row["216 atoms"]["same answer"] is True
     assert set(row["216 atoms"]) == {
