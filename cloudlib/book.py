@@ -206,17 +206,22 @@ def markdown_math_to_mathml(text: str) -> str:
 
 # ----------------------------------------------------------------------------------------------- pages
 
-_STYLE = """
-body.book { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; max-width: 70rem;
-  margin: 0 auto; padding: 1rem 2rem; color: #1b1b1b; line-height: 1.5; }
-nav.book { position: sticky; top: 0; background: #f4f6f8; border-bottom: 1px solid #d0d7de; padding: .5rem 1rem;
+_NAV_STYLE = """nav.book { position: sticky; top: 0; background: #f4f6f8; border-bottom: 1px solid #d0d7de; padding: .5rem 1rem;
   font: 14px system-ui, sans-serif; z-index: 10; display: flex; gap: 1.2rem; flex-wrap: wrap; }
 nav.book a { color: #0550ae; text-decoration: none; } nav.book a:hover { text-decoration: underline; }
-table.book { border-collapse: collapse; margin: .8rem 0; font-size: 14px; }
+"""  # the navigation bar's rules: on the book's own pages and on the notebook pages
+_STYLE = (
+    """
+body.book { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; max-width: 70rem;
+  margin: 0 auto; padding: 1rem 2rem; color: #1b1b1b; line-height: 1.5; }
+"""
+    + _NAV_STYLE
+    + """table.book { border-collapse: collapse; margin: .8rem 0; font-size: 14px; }
 table.book th, table.book td { border: 1px solid #d0d7de; padding: .3rem .6rem; vertical-align: top; text-align: left; }
 table.book th { background: #f4f6f8; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .muted { color: #57606a; font-size: 13px; } iframe.explorer { width: 100%; height: 80vh; border: 1px solid #d0d7de; }
 """
+)
 
 
 def _nav(pages: list[tuple[str, str]], current: str = "") -> str:
@@ -234,9 +239,6 @@ def _page(title: str, body: str, nav: str) -> str:
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
         f'<body class="book">{nav}\n{body}\n</body></html>\n'
     )
-
-
-_NAV_STYLE = _STYLE.split("table.book")[0].split("\n", 3)[-1]  # the nav bar's rules only
 
 
 def _exporter():
