@@ -35,7 +35,8 @@ def _report_rows(df, output, id_col=None, verb="ok", skipped: str = "") -> int:
     from .inputs import printable
 
     failed = df[df["error"].notna()]
-    print(f"{len(df)} structures -> {output}: {len(df) - len(failed)} {verb}, {len(failed)} failed", file=sys.stderr)
+    noun = "structure" if len(df) == 1 else "structures"
+    print(f"{len(df)} {noun} -> {output}: {len(df) - len(failed)} {verb}, {len(failed)} failed", file=sys.stderr)
     if skipped:
         print(f"  ({skipped})", file=sys.stderr)
     ids = failed[id_col] if id_col else failed.index
@@ -89,13 +90,22 @@ def _write_rows(df, output, **kw) -> None:
     raise OutputError(f"could not write the results ({why}); all {len(df)} rows were saved to {where}", output)
 
 
+def _limits(args) -> dict:
+    """``--timeout`` / ``--max-atoms`` as :func:`~cloudlib.scope.scope_table` keywords (checked: a usage error)."""
+    if args.timeout is not None and not args.timeout > 0:  # also NaN
+        raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
+    if args.max_atoms < 0:
+        raise UsageError(f"--max-atoms must be >= 0 (0 = no limit), got {args.max_atoms}")
+    return {"timeout": args.timeout, "max_atoms": args.max_atoms or None}
+
+
 def _cmd_scope(args) -> int:
     from .inputs import read_inputs
     from .scope import scope_table
 
     _check_output(args.output)
     items = read_inputs(args.input)
-    df = scope_table(items, variant=args.variant, jobs=args.jobs, progress=not args.quiet)
+    df = scope_table(items, variant=args.variant, jobs=args.jobs, progress=not args.quiet, **_limits(args))
     _write_rows(df, args.output)
     return _report_rows(df, args.output, skipped=items.skipped_text())
 
@@ -128,6 +138,7 @@ def _cmd_predict(args) -> int:
         temperatures=temperatures,
         n_atoms=args.n_atoms,
         layout=args.layout,
+        **_limits(args),
     )
     _write_rows(df, args.output, index=False)
     per_input = df.drop_duplicates("id") if args.layout == "long" else df
@@ -141,7 +152,13 @@ def _cmd_explorer(args) -> int:
     _check_output(args.output)
     items = read_inputs(args.input)
     page, df = explore(
-        items, args.output, model=args.model, references=args.references, jobs=args.jobs, progress=not args.quiet
+        items,
+        args.output,
+        model=args.model,
+        references=args.references,
+        jobs=args.jobs,
+        progress=not args.quiet,
+        **_limits(args),
     )
     return _report_rows(df, page, id_col="id", verb="on the page", skipped=items.skipped_text())
 
@@ -380,13 +397,31 @@ def _cmd_matbench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import PRESETS
+    from .config import MAX_ATOMS, PRESETS, STRUCTURE_TIMEOUT
     from .paths import PROFILES
 
     parser = _Parser(prog="python -m cloudlib", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    structures = "a CIF/structure file, a folder of CIFs, or a .json/.json.gz of structures"
+    structures = (
+        "a structure file (CIF, POSCAR, ... anything pymatgen reads), a folder of them, or a .json/.json.gz of "
+        "structures"
+    )
+
+    def limits(p) -> None:
+        p.add_argument(
+            "--max-atoms",
+            type=int,
+            default=MAX_ATOMS,
+            help=f"refuse structures with more atoms in the cell (CIFs before parsing); 0 = no limit (default {MAX_ATOMS})",
+        )
+        p.add_argument(
+            "--timeout",
+            type=float,
+            default=None,
+            help=f"seconds per structure, parsing included (default: {STRUCTURE_TIMEOUT:g} s in worker processes, "
+            "none with --jobs 1)",
+        )
 
     p = sub.add_parser("scope", help="SCOPE strings for structure files -> CSV (id, scope, error)")
     p.add_argument("input", help=structures)
@@ -394,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=["reduced", "full"], default="reduced")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (0 = all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    limits(p)
     p.set_defaults(func=_cmd_scope)
 
     p = sub.add_parser(
@@ -411,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-atoms", type=int, default=None, help="CLOUD-DEBYE: atoms per cell (default: primitive cell)")
     p.add_argument("--layout", choices=["wide", "long"], default="wide", help="CLOUD-DEBYE output layout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    limits(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser(
@@ -422,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--references", default=None, help="CSV of reference curves: material, T, Cv [, label]")
     p.add_argument("--jobs", type=int, default=1, help="worker processes for SCOPE (0 = all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    limits(p)
     p.set_defaults(func=_cmd_explorer)
 
     p = sub.add_parser("corpus", help="build the offline pre-training corpus and print its source table")

@@ -31,6 +31,15 @@ from typing import Any
 
 from .errors import ConfigError
 
+#: Default largest number of atoms in the cell given to spglib (and the most a CIF may describe before it is
+#: parsed). MatBench crystals have at most a few hundred atoms; the largest structures of the offline corpus
+#: are CoRE MOF 2019 cells of up to 10,560 atoms (LAFRAN01, RIVDEH, RIVDIL: P1 CIFs of 10,560 atom-site rows).
+#: Above this, pymatgen's CIF parser and spglib take many minutes per structure.
+MAX_ATOMS = 20_000
+
+#: Default per-structure time limit (seconds) when a batch runs in worker processes (:func:`cloudlib.scope.scope_table`).
+STRUCTURE_TIMEOUT = 600.0
+
 TASKS = ("regression", "classification")
 PRECISIONS = ("auto", "bf16", "fp32")
 

@@ -24,6 +24,7 @@ from .errors import BlockSizeError, ModelError
 from .finetune import FitResult, predict_strings, scope_string_errors
 from .io import atomic_dir, verify_manifest, write_manifest
 from .model import CloudPredictor, quiet_loading
+from .scope import MAX_ATOMS
 
 DEFAULT_MODEL = "models/cloud-dielectric-laptop"
 #: the files without which a predictor folder cannot load
@@ -137,13 +138,16 @@ def predict(
     temperatures=None,
     n_atoms: int | None = None,
     layout: str = "wide",
+    timeout: float | None = None,
+    max_atoms: int | None = MAX_ATOMS,
 ) -> pd.DataFrame:
     """Predictions for crystals: one row per input, columns ``id``, ``scope``, ``prediction``, ``error``.
 
     ``inputs``: a Structure, a list or mapping of Structures / structure dicts / file paths, a CIF path, a folder
     of CIFs or a JSON of structures (:func:`cloudlib.inputs.as_items`). A row that fails (no SCOPE string, too
     long for the block size, ...) keeps its ``"ErrorClass: message"`` in ``error`` and a NaN prediction; no row
-    is dropped. ``model`` is a predictor folder or a :class:`~cloudlib.finetune.FitResult`.
+    is dropped. ``model`` is a predictor folder or a :class:`~cloudlib.finetune.FitResult`. ``timeout`` (seconds per
+    structure) and ``max_atoms`` are the limits of :func:`~cloudlib.scope.scope_table`.
     """
     from .cloud_debye import Ensemble, Fitted, is_debye_folder
     from .inputs import as_items
@@ -159,6 +163,8 @@ def predict(
             progress,
             batch_size,
             layout,
+            timeout=timeout,
+            max_atoms=max_atoms,
         )
     if temperatures is not None or n_atoms is not None:
         from .errors import ConfigError
@@ -169,7 +175,7 @@ def predict(
             str(model) if not isinstance(model, FitResult) else "model",
         )
     res = as_result(model)
-    table = scope_table(as_items(inputs), jobs=jobs, progress=progress)
+    table = scope_table(as_items(inputs), jobs=jobs, progress=progress, timeout=timeout, max_atoms=max_atoms)
     df = pd.DataFrame(
         {
             "id": list(table.index),
@@ -224,6 +230,8 @@ def predict_debye(
     progress: bool = False,
     batch_size: int = 256,
     layout: str = "wide",
+    timeout: float | None = None,
+    max_atoms: int | None = MAX_ATOMS,
 ) -> pd.DataFrame:
     """CLOUD-DEBYE thermodynamics for crystals: per input its ``scope``, ``n_atoms`` (atoms in the primitive cell,
     the cell the model's Cv refers to), Θ (``theta_K``) and at each temperature Cv, S [J/(K·mol of cells)], U and
@@ -234,7 +242,8 @@ def predict_debye(
     ``"long"``: one row per input and temperature (columns ``T_K``, ``cv``, ``u``, ``s``, ``f``; a failed input
     keeps one row with its error). ``temperatures``: numbers or a spec for
     :func:`~cloudlib.cloud_debye.parse_temperatures` (``"10:1000:10"``). ``n_atoms`` overrides the cell size
-    (a multiple of the primitive cell's atom count, else that row fails). No row is dropped."""
+    (a multiple of the primitive cell's atom count, else that row fails). ``timeout`` (seconds per structure) and
+    ``max_atoms`` are the limits of :func:`~cloudlib.scope.scope_table`. No row is dropped."""
     from .cloud_debye import Ensemble, Fitted, load_debye, parse_temperatures
     from .errors import ConfigError, StructureError
     from .inputs import as_items
@@ -248,7 +257,7 @@ def predict_debye(
     fitted = model if isinstance(model, (Fitted, Ensemble)) else load_debye(model)
     fitted._need_debye()
     items = as_items(inputs)
-    table = scope_table(items, jobs=jobs, progress=progress)
+    table = scope_table(items, jobs=jobs, progress=progress, timeout=timeout, max_atoms=max_atoms)
     ids = list(table.index)
     scopes = table["scope"].to_numpy(dtype=object)
     errors = [None if _missing(e) else e for e in table["error"]]
@@ -362,6 +371,8 @@ def explore(
     jobs: int = 1,
     progress: bool = False,
     title: str = "CLOUD-DEBYE explorer",
+    timeout: float | None = None,
+    max_atoms: int | None = MAX_ATOMS,
 ) -> tuple[os.PathLike, pd.DataFrame]:
     """The offline explorer page for the user's own crystals: :func:`predict_debye` on ``inputs`` (CIFs, a
     folder, a structures JSON ...), the predicted Θ (and the ensemble's band) of every crystal that worked,
@@ -372,7 +383,9 @@ def explore(
     from .explorer import write_explorer
 
     fitted = model if not isinstance(model, (str, os.PathLike)) else load_debye(model)
-    df = predict_debye(inputs, fitted, temperatures=(300.0,), jobs=jobs, progress=progress)
+    df = predict_debye(
+        inputs, fitted, temperatures=(300.0,), jobs=jobs, progress=progress, timeout=timeout, max_atoms=max_atoms
+    )
     good = df[df["error"].isna()]
     table = pd.DataFrame(
         {

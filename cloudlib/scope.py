@@ -49,6 +49,7 @@ os.environ.setdefault("SPGLIB_WARNING", "OFF")
 import spglib  # noqa: E402
 from pymatgen.core import DummySpecies, Element, Species, Structure
 
+from .config import MAX_ATOMS, STRUCTURE_TIMEOUT  # the limits' defaults, documented there
 from .errors import (
     DisorderedStructureError,
     OverlappingAtomsError,
@@ -74,15 +75,6 @@ PAPER_GENERATOR_OVERRIDES = {
 
 #: Two atoms closer than this (Angstrom) make a structure invalid (spglib does not always notice).
 MIN_DISTANCE = 0.5
-
-#: Default largest number of atoms in the cell given to spglib (and the most a CIF may describe before it is
-#: parsed). MatBench crystals have at most a few hundred atoms; the largest structures of the offline corpus
-#: are CoRE MOF 2019 cells of up to 10,560 atoms (LAFRAN01, RIVDEH, RIVDIL: P1 CIFs of 10,560 atom-site rows).
-#: Above this, pymatgen's CIF parser and spglib take many minutes per structure.
-MAX_ATOMS = 20_000
-
-#: Default per-structure time limit (seconds) when a batch runs in worker processes (:func:`scope_table`).
-STRUCTURE_TIMEOUT = 600.0
 
 
 @functools.cache

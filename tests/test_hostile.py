@@ -133,6 +133,73 @@ def test_records_keep_their_ids_and_a_malformed_entry_is_one_error_row(tmp_path,
     assert "2 ok, 2 failed" in err
 
 
+# --------------------------------------------------------------------------- 2/6. size and time limits, from the CLI
+
+
+def _folder_of_three(tmp_path) -> Path:
+    folder = tmp_path / "three"
+    folder.mkdir()
+    nacl().to(filename=str(folder / "a.cif"))  # 2 atoms in the primitive cell, 8 in the CIF's conventional cell
+    big = nacl().copy()
+    big.make_supercell([3, 3, 3])  # 216 atoms
+    big.to(filename=str(folder / "big.cif"))
+    po().to(filename=str(folder / "c.cif"))
+    return folder
+
+
+def test_cli_max_atoms_fails_the_big_row_alone(tmp_path, capsys):
+    folder = _folder_of_three(tmp_path)
+    out = tmp_path / "out.csv"
+    code, err = run_cli(capsys, "scope", folder, "-o", out, "-q", "--max-atoms", 100)
+    assert code == 2, err
+    df = pd.read_csv(out, index_col="id")
+    assert df.loc["a.cif", "scope"] == NACL and df.loc["c.cif", "scope"] == PO
+    assert df.loc["big.cif", "error"].startswith("StructureTooLargeError:")
+    assert "max_atoms=100" in df.loc["big.cif", "error"]
+    code, err = run_cli(capsys, "predict", folder, "-o", tmp_path / "pred.csv", "-q", "--max-atoms", 100)
+    assert code == 2, err
+    pred = pd.read_csv(tmp_path / "pred.csv", index_col="id")
+    assert pred["prediction"].notna().tolist() == [True, False, True]
+    # 0 lifts the limit: every row computed
+    code, err = run_cli(capsys, "scope", folder, "-o", out, "-q", "--max-atoms", 0)
+    assert code == 0, err
+    assert pd.read_csv(out, index_col="id")["error"].isna().all()
+
+
+@pytest.mark.parametrize("args", [("--timeout", 0), ("--timeout", "nan"), ("--max-atoms", -1)])
+def test_cli_bad_limits_are_usage_errors(tmp_path, capsys, args):
+    folder = _folder_of_three(tmp_path)
+    code, err = run_cli(capsys, "scope", folder, "-o", tmp_path / "out.csv", "-q", *args)
+    assert code == 1
+    assert_one_line_error(err, args[0])
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="needs fork")
+def test_cli_timeout_fails_the_hanging_row_alone(tmp_path, capsys, monkeypatch):
+    import cloudlib.scope as scope
+
+    real = scope._encode_item
+
+    def encode(name, item, *args):
+        if name == "big.cif":
+            time.sleep(3600)
+        return real(name, item, *args)
+
+    monkeypatch.setattr(scope, "_encode_item", encode)
+    folder = _folder_of_three(tmp_path)
+    out = tmp_path / "out.csv"
+    t0 = time.monotonic()
+    code, err = run_cli(capsys, "scope", folder, "-o", out, "-q", "--timeout", 2)
+    assert time.monotonic() - t0 < 60
+    assert code == 2, err
+    df = pd.read_csv(out, index_col="id")
+    assert df.loc["a.cif", "scope"] == NACL and df.loc["c.cif", "scope"] == PO
+    assert df.loc["big.cif", "error"].startswith(
+        "StructureTimeoutError: big.cif: took longer than the time limit of 2 s"
+    )
+
+
 # --------------------------------------------------------------------------- 7. tracebacks instead of messages
 
 
