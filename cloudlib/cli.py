@@ -307,44 +307,6 @@ def _cmd_pretrain(args) -> int:
     return EXIT_OK
 
 
-def _offline_provenance(args, config, folds, out_dir, wall: float) -> None:
-    """``offline_<preset>_provenance.json`` beside the multi-task table: the command, the resolved config, the
-    encoder's sha256, this call's wall time and the fits' summed seconds (resumed parts keep the seconds of the
-    call that made them), whether the table is complete (and the fits it still lacks), the task labels and the
-    machine."""
-    import platform
-
-    import torch
-
-    from . import paths
-    from .io import write_json
-    from .offline_data import OFFLINE_TASKS
-    from .registry import sha256_file
-
-    weights = paths.resolve(config.encoder) / "model.safetensors"
-    write_json(
-        paths.resolve(out_dir) / f"offline_{args.preset}_provenance.json",
-        {
-            "command": "python -m cloudlib " + " ".join(sys.argv[1:]),
-            "config": config.to_dict(),
-            "encoder_sha256": sha256_file(weights) if weights.is_file() else None,
-            "wall_seconds_this_call": round(wall, 1),
-            "fit_seconds_total": round(float(folds["seconds"].sum()), 1) if len(folds) else 0.0,
-            "fit_seconds_by_model": folds.groupby("model")["seconds"].sum().round(1).to_dict() if len(folds) else {},
-            "complete": not folds.attrs.get("missing"),
-            "missing_fits": folds.attrs.get("missing", []),
-            "jobs": args.jobs,
-            "tasks": {
-                t: {"folds": OFFLINE_TASKS[t].folds, "note": OFFLINE_TASKS[t].note}
-                for t in (folds["task"].unique() if len(folds) else [])
-            },
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
-            "date": time.strftime("%Y-%m-%d %H:%M"),
-        },
-        indent=1,
-    )
-
-
 def _cmd_matbench(args) -> int:
     from .config import preset
     from .matbench_run import MODELS, run_matbench, summarise
@@ -359,7 +321,6 @@ def _cmd_matbench(args) -> int:
 
         tasks = None if args.tasks == ["offline"] else [t.removeprefix("offline:") for t in args.tasks]
         out_dir = args.out or "data/multitask"
-        t0 = time.perf_counter()
         folds = run_offline(
             tasks,
             config,
@@ -368,8 +329,8 @@ def _cmd_matbench(args) -> int:
             out_dir=out_dir,
             name=args.preset,
             fit_missing=not args.collect,
+            command="python -m cloudlib " + " ".join(sys.argv[1:]),
         )
-        _offline_provenance(args, config, folds, out_dir, time.perf_counter() - t0)
         if len(folds):
             print(summarise(folds.assign(task=folds["task"] + " (" + folds["folds"] + ")")).round(4).to_string())
         missing = folds.attrs.get("missing", [])

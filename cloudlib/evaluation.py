@@ -1,6 +1,7 @@
 """Scores: regression metrics in the paper's units, and the thermodynamic-consistency audit of Cv(T) curves.
 
-* :func:`regression_metrics` -- MAE, MAD, MAE/MAD (the paper's unit-free score), RMSE, R².
+* :func:`regression_metrics` -- MAE, MAD, MAE/MAD (the paper's unit-free score), RMSE, R², max error.
+* :func:`fit_scores` -- the scores of one fit's test predictions (every study's scorer, :mod:`cloudlib.study`).
 * :func:`consistency_audit` -- per material, which thermodynamic rules a predicted Cv(T) curve breaks.
 """
 
@@ -13,7 +14,8 @@ from .debye import dulong_petit
 
 
 def regression_metrics(y, pred) -> dict:
-    """MAE, MAD (mean absolute deviation of y), MAE/MAD (the paper's unit-free score), RMSE and R²."""
+    """MAE, MAD (mean absolute deviation of y), MAE/MAD (the paper's unit-free score), RMSE, R² and the largest
+    absolute error."""
     y, pred = np.asarray(y, dtype=float), np.asarray(pred, dtype=float)
     if y.shape != pred.shape:
         raise ValueError(f"y has shape {y.shape} but pred {pred.shape}")
@@ -26,8 +28,23 @@ def regression_metrics(y, pred) -> dict:
         "mae_over_mad": mae / mad if mad > 0 else float("nan"),
         "rmse": float(np.sqrt(np.mean((pred - y) ** 2))),
         "r2": 1.0 - float(np.sum((pred - y) ** 2)) / ss if ss > 0 else float("nan"),
+        "max_error": float(np.max(np.abs(pred - y))) if len(y) else float("nan"),
         "n": int(len(y)),
     }
+
+
+def fit_scores(y, pred, kind: str = "regression") -> dict:
+    """The scores of one fit on its test rows: :func:`regression_metrics` for a regression; for a classification
+    (0/1 targets, predicted classes) ``accuracy`` and ``n``. The project's one scorer: every MAE a study reports
+    comes from here (MatBench's own ``record`` scores MatBench tasks again, as their judge)."""
+    if kind == "regression":
+        return regression_metrics(y, pred)
+    if kind != "classification":
+        raise ValueError(f"kind must be 'regression' or 'classification', got {kind!r}")
+    y, pred = np.asarray(y, dtype=float), np.asarray(pred, dtype=float)
+    if y.shape != pred.shape:
+        raise ValueError(f"y has shape {y.shape} but pred {pred.shape}")
+    return {"accuracy": float(np.mean(y == pred)), "n": int(len(y))}
 
 
 #: 40 temperatures from 1 K to 3000 K (log-spaced): the audit's grid.

@@ -22,10 +22,10 @@ data cannot be reached offline is skipped and reported, never replaced by someth
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import paths
@@ -33,8 +33,7 @@ from .config import FinetuneConfig
 from .errors import DataUnavailableError
 from .io import atomic_path, write_csv
 from .matbench_data import load_matbench, matbench_metadata, matbench_split
-
-MODELS = ("CLOUD", "CLOUD-scratch", "RF-Magpie", "Dummy")
+from .study import MODELS, FitSpec, FitStore, check_models, records_table, run_fits, slug
 
 
 def task_table(task: str, jobs: int = 1) -> pd.DataFrame:
@@ -54,10 +53,6 @@ def task_table(task: str, jobs: int = 1) -> pd.DataFrame:
     return out
 
 
-def _kind(task: str) -> str:
-    return "classification" if matbench_metadata(task)["task_type"] == "classification" else "regression"
-
-
 def _magpie(task: str, table: pd.DataFrame, models, jobs: int) -> pd.DataFrame | None:
     """Magpie features aligned with ``table`` (cached per task), or None when no model needs them."""
     if "RF-Magpie" not in models:
@@ -69,10 +64,6 @@ def _magpie(task: str, table: pd.DataFrame, models, jobs: int) -> pd.DataFrame |
     return features
 
 
-def _slug(model: str) -> str:
-    return model.lower().replace("-", "_")
-
-
 def _benchmark(task: str, table: pd.DataFrame, target: str):
     """A MatbenchBenchmark for one task whose data is our verified copy (matbench would download it)."""
     from matbench.bench import MatbenchBenchmark
@@ -80,154 +71,6 @@ def _benchmark(task: str, table: pd.DataFrame, target: str):
     mb = MatbenchBenchmark(autoload=False, subset=[task])
     getattr(mb, task).df = pd.DataFrame({"structure": table["structure"], target: table["target"]})
     return mb
-
-
-def fit_predict(
-    model: str,
-    train: pd.DataFrame,
-    test: pd.DataFrame,
-    features: pd.DataFrame | None,
-    kind: str,
-    config: FinetuneConfig,
-    seed: int = 0,
-    progress: bool = True,
-    target: str | None = None,
-):
-    """Train ``model`` on ``train`` rows (columns scope, target) and predict ``test``.
-
-    Returns ``(predictions, params, fit)``; ``fit`` is the CLOUD :class:`~cloudlib.finetune.FitResult` (None for
-    the baselines). The benchmark decides three fields of ``config``, each named here: ``task`` (the benchmark
-    task's type), ``pretrained`` (True for CLOUD, False for CLOUD-scratch) and ``seed`` (the runners pass
-    ``config.seed + fold``, so every fold is its own run and a user's seed still counts).
-    """
-    from .baselines import rf_magpie
-    from .finetune import fit, predict_strings
-
-    if model in ("CLOUD", "CLOUD-scratch"):
-        ok = train["scope"].notna()
-        cfg = config.replace(task=kind, pretrained=model == "CLOUD", seed=seed)
-        res = fit(
-            list(train.loc[ok, "scope"]), train.loc[ok, "target"].to_numpy(), cfg, progress=progress, target_name=target
-        )
-        # MatBench needs a prediction for every test id: a structure without SCOPE gets the training mean
-        has = test["scope"].notna().to_numpy()
-        pred = np.full(len(test), float(train["target"].mean()))
-        if has.any():
-            pred[has] = predict_strings(res, list(test.loc[has, "scope"]))
-        params = {"best_epoch": int(res.best_epoch), "n_train": int(ok.sum()), "no_scope_test_rows": int((~has).sum())}
-        return pred, params, res
-    if model == "RF-Magpie":
-        pred = rf_magpie(
-            features.loc[train.index], train["target"].to_numpy(), features.loc[test.index], task=kind, seed=seed
-        )
-        return np.asarray(pred), {}, None
-    if model == "Dummy":
-        if kind == "regression":
-            return np.full(len(test), train["target"].mean()), {}, None
-        return np.full(len(test), bool(train["target"].mean() >= 0.5)), {}, None
-    raise KeyError(f"unknown model {model!r}; known: {MODELS}")
-
-
-NEURAL = ("CLOUD", "CLOUD-scratch")
-
-
-def _neural_fit(model, train, test, kind, config, seed, target, export):
-    """One CLOUD / CLOUD-scratch fit (in a worker process): predictions, params, seconds; saves the fit as a
-    predictor in ``export`` when given."""
-    t0 = time.perf_counter()
-    pred, params, fitted = fit_predict(model, train, test, None, kind, config, seed=seed, progress=False, target=target)
-    if export is not None:
-        from .predictor import save_predictor
-
-        save_predictor(fitted, export)
-    return np.asarray(pred), params, time.perf_counter() - t0
-
-
-def _run_fits(items: list[dict], jobs: int, progress: bool, on_done=None) -> list[tuple]:
-    """Run ``fit_predict`` for every item (keys model, train, test, features, kind, config, seed, target and
-    optionally export) and return ``(pred, params, seconds)`` per item, in order.
-
-    With ``jobs`` > 1 the CLOUD / CLOUD-scratch fits run in ``jobs`` spawned processes with ``cores // jobs``
-    torch threads each (unless the config sets ``threads``): small encoders use processes far better than
-    threads. The baselines run here meanwhile. ``on_done(i, result)`` is called as each item finishes (resumable
-    runners write their parts there)."""
-    import os
-
-    results: list = [None] * len(items)
-
-    def done(i, res):
-        results[i] = res
-        if on_done is not None:
-            on_done(i, res)
-
-    neural = [i for i, it in enumerate(items) if it["model"] in NEURAL]
-    jobs = max(1, min(int(jobs or 1), len(neural)))
-    pool = None
-    futures = {}
-    if jobs > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
-        for i in neural:
-            it = items[i]
-            cfg = it["config"] if it["config"].threads is not None else it["config"].replace(threads=threads)
-            cols = [c for c in ("scope", "target") if c in it["train"].columns]
-            futures[
-                pool.submit(
-                    _neural_fit,
-                    it["model"],
-                    it["train"][cols],
-                    it["test"][cols],
-                    it["kind"],
-                    cfg,
-                    it["seed"],
-                    it.get("target"),
-                    it.get("export"),
-                )
-            ] = i
-    try:
-        for i, it in enumerate(items):
-            if i in futures.values():
-                continue
-            if it["model"] in NEURAL:
-                done(
-                    i,
-                    _neural_fit(
-                        it["model"],
-                        it["train"],
-                        it["test"],
-                        it["kind"],
-                        it["config"],
-                        it["seed"],
-                        it.get("target"),
-                        it.get("export"),
-                    ),
-                )
-                continue
-            t0 = time.perf_counter()
-            pred, params, _ = fit_predict(
-                it["model"],
-                it["train"],
-                it["test"],
-                it["features"],
-                it["kind"],
-                it["config"],
-                seed=it["seed"],
-                progress=progress,
-                target=it.get("target"),
-            )
-            done(i, (np.asarray(pred), params, time.perf_counter() - t0))
-        if futures:
-            from concurrent.futures import as_completed
-
-            for fut in as_completed(futures):
-                done(futures[fut], fut.result())
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    return results
 
 
 def run_matbench(
@@ -249,12 +92,10 @@ def run_matbench(
     from .config import preset
 
     config = config or preset("finetune", "laptop")
-    unknown = set(models) - set(MODELS)
-    if unknown:
-        raise KeyError(f"unknown models {sorted(unknown)}; known: {list(MODELS)}")
+    check_models(models)
     out = Path(out_dir) if out_dir else paths.output_dirs(name)[1]  # name: a profile unless out_dir is given
     out.mkdir(parents=True, exist_ok=True)
-    rows, preds, skipped = [], [], {}
+    rows, preds, skipped, failed = [], [], {}, []
     for task in tasks:
         meta = matbench_metadata(task)
         try:
@@ -262,57 +103,50 @@ def run_matbench(
         except DataUnavailableError as exc:
             skipped[task] = str(exc)
             continue
-        kind = _kind(task)
+        kind = "classification" if meta["task_type"] == "classification" else "regression"
         benches = {m: _benchmark(task, table, meta["target"]) for m in models}
         features = _magpie(task, table, models, jobs)
-        items = []
+        specs = []
         for fold in folds:
             train_ids, test_ids = matbench_split(task, fold)
             train, test = table.loc[train_ids], table.loc[test_ids]
             for model in models:
                 exp = (export or {}).get((task, fold)) if model == "CLOUD" else None
-                items.append(
-                    {
-                        "model": model,
-                        "fold": fold,
-                        "train": train,
-                        "test": test,
-                        "features": features,
-                        "kind": kind,
-                        "config": config,
-                        "seed": config.seed + fold,
-                        "target": meta["target"],
-                        "export": paths.resolve(exp).absolute() if exp is not None else None,
-                    }
+                specs.append(
+                    FitSpec(
+                        task=task,
+                        model=model,
+                        fold=fold,
+                        train=train,
+                        test=test,
+                        config=config,
+                        seed=config.seed + fold,
+                        kind=kind,
+                        features=features,
+                        target_name=meta["target"],
+                        export=paths.resolve(exp).absolute() if exp is not None else None,
+                    )
                 )
-        for it, (pred, params, seconds) in zip(items, _run_fits(items, jobs, progress)):
-            model, fold, test = it["model"], it["fold"], it["test"]
-            task_obj = getattr(benches[model], task)
-            task_obj.record(fold, np.asarray(pred).tolist(), params=params or None)
-            scores = task_obj.results[f"fold_{fold}"]["scores"]
+        for spec, rec in zip(specs, run_fits(specs, jobs=jobs, progress=progress)):
+            if not rec.ok:  # not recorded: matbench reads complete runs only, so the model's file says so
+                failed.append(f"{task}/{spec.model}/fold{spec.fold}: {rec.error}")
+                rows.append({"task": task, "model": spec.model, "fold": spec.fold, "error": rec.error})
+                continue
+            task_obj = getattr(benches[spec.model], task)
+            task_obj.record(spec.fold, rec.prediction.tolist(), params=rec.params or None)
+            scores = task_obj.results[f"fold_{spec.fold}"]["scores"]  # matbench's scores: the judge
             rows.append(
                 {
                     "task": task,
-                    "model": model,
-                    "fold": fold,
+                    "model": spec.model,
+                    "fold": spec.fold,
                     **{k: float(v) for k, v in scores.items()},
-                    "seconds": round(seconds, 1),
+                    "seconds": round(rec.seconds, 1),
                 }
             )
-            preds.append(
-                pd.DataFrame(
-                    {
-                        "task": task,
-                        "model": model,
-                        "fold": fold,
-                        "id": test.index,
-                        "target": test["target"].to_numpy(),
-                        "prediction": np.asarray(pred),
-                    }
-                )
-            )
+            preds.append(rec.predictions_frame(spec.test["target"].to_numpy()))
         for model, mb in benches.items():
-            file = f"matbench_{name}.json" if model == "CLOUD" else f"matbench_{name}_{_slug(model)}.json"
+            file = f"matbench_{name}.json" if model == "CLOUD" else f"matbench_{name}_{slug(model)}.json"
             cloud = "CLOUD" in model
             mb.add_metadata(
                 {
@@ -328,6 +162,7 @@ def run_matbench(
     if preds:
         write_csv(out / f"matbench_{name}_predictions.csv.gz", pd.concat(preds), index=False)
     table.attrs["skipped"] = skipped
+    table.attrs["failed"] = failed
     return table
 
 
@@ -343,44 +178,33 @@ def run_ood(
     """Leave-one-group-out on ``task``: each group with at least ``min_test`` members is the test set once, the
     models are trained on all other rows. Returns held_out, model, n_test, mae, seconds."""
     from .config import preset
+    from .splits import leave_cluster_out_splits
 
     config = config or preset("finetune", "laptop")
+    check_models(models)
     table = task_table(task, jobs=jobs)
-    groups = groups.reindex(table.index)
     features = _magpie(task, table, models, jobs)
-    kind, target = _kind(task), matbench_metadata(task)["target"]
-    items = []
-    for name, members in groups.groupby(groups).groups.items():
-        if len(members) < min_test:
-            continue
-        test, train = table.loc[members], table.drop(index=members)
-        for model in models:
-            items.append(
-                {
-                    "held_out": name,
-                    "model": model,
-                    "train": train,
-                    "test": test,
-                    "features": features,
-                    "kind": kind,
-                    "config": config,
-                    "seed": config.seed,
-                    "target": target,
-                }
-            )
-    rows = []
-    for it, (pred, _, seconds) in zip(items, _run_fits(items, jobs, progress)):
-        err = np.abs(np.asarray(pred, dtype=float) - it["test"]["target"].to_numpy())
-        rows.append(
-            {
-                "held_out": it["held_out"],
-                "model": it["model"],
-                "n_test": len(it["test"]),
-                "mae": float(np.nanmean(err)),
-                "seconds": round(seconds, 1),
-            }
+    meta = matbench_metadata(task)
+    kind = "classification" if meta["task_type"] == "classification" else "regression"
+    specs = [
+        FitSpec(
+            task=task,
+            model=model,
+            fold=held_out,
+            train=table.loc[train_ids],
+            test=table.loc[test_ids],
+            config=config,
+            seed=config.seed,
+            kind=kind,
+            features=features,
+            target_name=meta["target"],
         )
-    return pd.DataFrame(rows, columns=["held_out", "model", "n_test", "mae", "seconds"])
+        for held_out, train_ids, test_ids in leave_cluster_out_splits(groups.reindex(table.index), min_size=min_test)
+        for model in models
+    ]
+    records = run_fits(specs, jobs=jobs, progress=progress)
+    out = records_table(records, scores=("mae",)).rename(columns={"fold": "held_out"})
+    return out[["held_out", "model", "n_test", "mae", "seconds", *(["error"] if "error" in out else [])]]
 
 
 def summarise(folds: pd.DataFrame, metric: str = "mae") -> pd.DataFrame:
@@ -499,7 +323,7 @@ def run_unconvbench(
     """UnconvBench tasks (:mod:`cloudlib.unconvbench`: 2D materials, MOFs, superconductors, defected crystals)
     with the same models and fine-tuning config as MatBench, on UnconvBench's own 5 folds.
 
-    Returns task, model, fold, n_train, n_test, mae, seconds. A task whose data cannot be had (figshare is not
+    Returns task, model, fold, n_train, n_test, mae, seconds (CLOUD fits side by side with ``jobs > 1``). A task whose data cannot be had (figshare is not
     reachable offline) is skipped and named in ``attrs["skipped"]`` with the places tried; RF-Magpie needs
     structures and is skipped (``attrs["skipped_models"]``) for a task that comes as SCOPE strings only.
     """
@@ -507,7 +331,8 @@ def run_unconvbench(
     from .config import preset
 
     config = config or preset("finetune", "laptop")
-    rows, skipped, skipped_models = [], {}, {}
+    check_models(models)
+    specs, skipped, skipped_models = [], {}, {}
     for name in tasks:
         t = unconvbench.task(name)
         for fold in folds:
@@ -522,31 +347,21 @@ def run_unconvbench(
                 skipped_models[t.name] = "RF-Magpie: no structures (SCOPE strings only)"
             both = pd.concat([train, test])
             features = _magpie(f"unconvbench_{t.name}", both, use, jobs) if "RF-Magpie" in use else None
-            for model in use:
-                t0 = time.perf_counter()
-                pred, _, _ = fit_predict(
-                    model,
-                    train,
-                    test,
-                    features,
-                    "regression",
-                    config,
+            specs += [
+                FitSpec(
+                    task=t.name,
+                    model=model,
+                    fold=fold,
+                    train=train,
+                    test=test,
+                    config=config,
                     seed=config.seed + fold,
-                    progress=progress,
-                    target=t.target,
+                    features=features,
+                    target_name=t.target,
                 )
-                rows.append(
-                    {
-                        "task": t.name,
-                        "model": model,
-                        "fold": fold,
-                        "n_train": len(train),
-                        "n_test": len(test),
-                        "mae": float(np.mean(np.abs(np.asarray(pred, float) - test["target"].to_numpy()))),
-                        "seconds": round(time.perf_counter() - t0, 1),
-                    }
-                )
-    table = pd.DataFrame(rows, columns=["task", "model", "fold", "n_train", "n_test", "mae", "seconds"])
+                for model in use
+            ]
+    table = records_table(run_fits(specs, jobs=jobs, progress=progress), scores=("mae",))
     table.attrs.update(skipped=skipped, skipped_models=skipped_models)
     return table
 
@@ -596,6 +411,7 @@ def run_offline(
     limit: int | None = None,
     seed: int = 0,
     fit_missing: bool = True,
+    command: str | None = None,
 ) -> pd.DataFrame:
     """The multi-task table (the paper's Figure 2, offline): every task of ``OFFLINE_TASKS`` (or ``tasks``) x
     ``models``, each on its folds (official, official-partial or seeded 5-fold; each task keeps its label).
@@ -607,96 +423,70 @@ def run_offline(
     table's ``attrs["missing"]``. Writes ``offline_<name>_folds.csv`` (task, model, fold, folds label, n_train,
     n_test, mae, rmse, max_error, seconds), ``offline_<name>_predictions.csv.gz`` and ``offline_<name>.json`` in
     matbench's record layout (``tasks -> task -> model -> fold_i -> {scores, parameters}``) with each task's
-    label and the resolved config. ``limit`` takes the first N rows of each seeded task (smoke runs; official
+    label and the resolved config, and ``offline_<name>_provenance.json``: ``command`` (the command line that made
+    the call, for the record), the config, the encoder's sha256, this call's wall time and the fits' summed
+    seconds (resumed parts keep the seconds of the call that made them), whether the table is complete (and the
+    fits it still lacks), the task labels and the machine. ``limit`` takes the first N rows of each seeded task (smoke runs; official
     folds need every row). Returns the per-fold table.
     """
-    import json
-
     from .config import preset
     from .io import write_json
-    from .offline_data import OFFLINE_TASKS, offline_task_folds
+    from .offline_data import OFFLINE_TASKS
 
+    t0 = time.perf_counter()
     config = config or preset("finetune", "laptop")
     tasks = list(OFFLINE_TASKS) if tasks is None else list(tasks)
     unknown = set(tasks) - set(OFFLINE_TASKS)
     if unknown:
         raise KeyError(f"unknown offline tasks {sorted(unknown)}; known: {sorted(OFFLINE_TASKS)}")
-    unknown = set(models) - set(MODELS)
-    if unknown:
-        raise KeyError(f"unknown models {sorted(unknown)}; known: {list(MODELS)}")
+    check_models(models)
     out = paths.resolve(out_dir)
-    parts = out / "parts" / name
-    parts.mkdir(parents=True, exist_ok=True)
-    settings = json.dumps({"config": config.to_dict(), "limit": limit, "seed": seed}, sort_keys=True)
-    rows, preds, missing = [], [], []
+    store = FitStore(out / "parts" / name, {"config": config.to_dict(), "limit": limit, "seed": seed})
+    specs = []
     for task in tasks:
         spec = OFFLINE_TASKS[task]
         lim = None if spec.folds.startswith("official") else limit  # official folds need every test id
         table = offline_task_table(task, jobs=jobs, limit=lim)
         features = None
-        items = []
         for fold, (train_ids, test_ids) in offline_task_folds(task, table.index, seed).items():
             train, test = table.loc[train_ids], table.loc[test_ids]
             for model in models:
-                part = parts / f"{task}__{_slug(model)}__fold{fold}.json"
-                if part.exists():
-                    done = json.loads(part.read_text())
-                    if done["settings"] == settings:
-                        rows.append(done["row"])
-                        preds.append(pd.DataFrame(done["predictions"]))
-                        continue
-                if not fit_missing:
-                    missing.append(f"{task}/{model}/fold{fold}")
-                    continue
-                if model == "RF-Magpie" and features is None:
-                    from .features import magpie_features
+                f = FitSpec(task, model, fold, train, test, config, seed=config.seed + fold)
+                if model == "RF-Magpie" and store.load(f) is None and fit_missing:
+                    if features is None:  # computed only when an RF fit is to be made
+                        from .features import magpie_features
 
-                    features = magpie_features(table["formula"], cache_key=f"offline_{task}_{lim}", jobs=1)
-                items.append(
-                    {
-                        "model": model,
-                        "fold": fold,
-                        "part": part,
-                        "train": train,
-                        "test": test,
-                        "features": features,
-                        "kind": "regression",
-                        "config": config,
-                        "seed": config.seed + fold,
-                    }
-                )
-
-        def write_part(i, result, items=items, task=task, spec=spec):
-            it = items[i]
-            pred, params, seconds = result
-            pred = np.asarray(pred, dtype=float)
-            err = pred - it["test"]["target"].to_numpy()
-            row = {
-                "task": task,
-                "model": it["model"],
-                "fold": it["fold"],
-                "folds": spec.folds,
-                "n_train": len(it["train"]),
-                "n_test": len(it["test"]),
-                "mae": float(np.mean(np.abs(err))),
-                "rmse": float(np.sqrt(np.mean(err**2))),
-                "max_error": float(np.max(np.abs(err))),
-                "seconds": round(seconds, 1),
-                "parameters": params,
+                        features = magpie_features(table["formula"], cache_key=f"offline_{task}_{lim}", jobs=1)
+                    f = dataclasses.replace(f, features=features)
+                specs.append(f)
+    records = run_fits(
+        specs,
+        jobs=jobs,
+        store=store,
+        progress=progress,
+        store_extra=lambda f: {"folds": OFFLINE_TASKS[f.task].folds},
+        fit_missing=fit_missing,
+    )
+    missing = [f"{f.task}/{f.model}/fold{f.fold}" for f, r in zip(specs, records) if r is None or not r.ok]
+    failed = [f"{r.task}/{r.model}/fold{r.fold}: {r.error}" for r in records if r is not None and not r.ok]
+    rows, preds = [], []
+    for r in records:
+        if r is None or not r.ok:
+            continue
+        rows.append(
+            {
+                "task": r.task,
+                "model": r.model,
+                "fold": r.fold,
+                "folds": OFFLINE_TASKS[r.task].folds,
+                "n_train": r.n_train,
+                "n_test": r.n_test,
+                **{k: r.scores[k] for k in ("mae", "rmse", "max_error")},
+                "seconds": round(r.seconds, 1),
+                "parameters": r.params,
             }
-            p = {
-                "task": task,
-                "model": it["model"],
-                "fold": it["fold"],
-                "id": list(it["test"].index),
-                "prediction": pred.tolist(),
-            }
-            write_json(it["part"], {"settings": settings, "row": row, "predictions": p})
-            rows.append(row)
-            preds.append(pd.DataFrame(p))
-
-        if items:
-            _run_fits(items, jobs, progress, on_done=write_part)
+        )
+        preds.append(r.predictions_frame())
     order = {m: i for i, m in enumerate(models)}
     rows.sort(key=lambda r: (tasks.index(r["task"]), order[r["model"]], r["fold"]))
     table = pd.DataFrame(rows)
@@ -732,4 +522,68 @@ def run_offline(
         write_csv(out / f"offline_{name}_predictions.csv.gz", pd.concat(preds), index=False)
     table = table.drop(columns=["parameters"]) if len(table) else table
     table.attrs["missing"] = missing
+    table.attrs["failed"] = failed
+    _offline_provenance(out / f"offline_{name}_provenance.json", command, config, table, jobs, time.perf_counter() - t0)
     return table
+
+
+def _offline_provenance(path: Path, command, config: FinetuneConfig, folds: pd.DataFrame, jobs, wall: float) -> None:
+    import os
+    import platform
+    import sys
+
+    import torch
+
+    from .io import write_json
+    from .offline_data import OFFLINE_TASKS
+    from .registry import sha256_file
+    from .study import machine
+
+    weights = paths.resolve(config.encoder) / "model.safetensors"
+    write_json(
+        path,
+        {
+            "command": command or " ".join(["python", *sys.argv]),
+            "config": config.to_dict(),
+            "encoder_sha256": sha256_file(weights) if weights.is_file() else None,
+            "wall_seconds_this_call": round(wall, 1),
+            "fit_seconds_total": round(float(folds["seconds"].sum()), 1) if len(folds) else 0.0,
+            "fit_seconds_by_model": folds.groupby("model")["seconds"].sum().round(1).to_dict() if len(folds) else {},
+            "complete": not folds.attrs.get("missing"),
+            "missing_fits": folds.attrs.get("missing", []),
+            "jobs": jobs,
+            "tasks": {
+                t: {"folds": OFFLINE_TASKS[t].folds, "note": OFFLINE_TASKS[t].note}
+                for t in (folds["task"].unique() if len(folds) else [])
+            },
+            "machine": {
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+                "words": machine(),
+            },
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        },
+        indent=1,
+    )
+
+
+def offline_task_folds(name: str, ids: pd.Index, seed: int = 0) -> dict[int, tuple[list, list]]:
+    """``{fold: (train_ids, test_ids)}`` of an offline task: MatBench's official folds (only the ids present, for a
+    partial task) or :func:`cloudlib.splits.seeded_kfold` of ``ids`` (5 folds, ``seed``)."""
+    from .errors import DataError
+    from .offline_data import OFFLINE_TASKS
+    from .splits import seeded_kfold
+
+    task = OFFLINE_TASKS[name]
+    if task.folds.startswith("official"):
+        present = set(ids)
+        out = {}
+        for f in task.fold_numbers:
+            train, test = matbench_split(name, f)
+            if not set(test) <= present:
+                raise DataError(f"fold {f}: {len(set(test) - present)} test ids are missing", name)
+            out[f] = ([i for i in train if i in present], list(test))
+        return out
+    folds = seeded_kfold(ids, 5, seed)
+    return {f: folds[f] for f in task.fold_numbers}

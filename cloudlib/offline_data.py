@@ -10,7 +10,7 @@ Every file comes through :func:`cloudlib.registry.fetch` (sha256-checked; canoni
 * :func:`dsc3_mp_cifs` -- the 4,704 Materials Project CIFs of 3DSC as ``{mp-id: CifText}``;
 * :func:`matminer_structures` -- a matminer 0.3.9 dataset's structures (CIF or Python-repr dict columns);
 * :func:`core_mof_cifs` -- the CoRE MOF 2019 (all solvent removed) CIFs from the pinned ``core-mof`` wheel;
-* :data:`OFFLINE_TASKS`, :func:`load_offline_task`, :func:`offline_task_folds` -- the property tasks the
+* :data:`OFFLINE_TASKS`, :func:`load_offline_task` -- the property tasks the
   multi-task table runs offline, each labelled official / partial / seeded (never passed off as MatBench).
 """
 
@@ -22,11 +22,10 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .matbench_data import load_matbench, matbench_split
+from .matbench_data import load_matbench
 from .registry import DSC3_CIF_URL, fetch, fetch_manifest
 from .scope import CifText, DictText, PoscarText
 
@@ -279,25 +278,3 @@ def load_offline_task(name: str) -> pd.DataFrame:
     if bad.any():
         raise DataError(f"{int(bad.sum())} rows without a numeric target, e.g. {list(df.index[bad][:3])}", name)
     return df
-
-
-def offline_task_folds(name: str, ids: pd.Index, seed: int = 0) -> dict[int, tuple[list, list]]:
-    """``{fold: (train_ids, test_ids)}`` of a task: MatBench's official folds (only the ids present, for a
-    partial task) or a seeded 5-fold partition of ``ids`` (``numpy`` permutation with ``seed``)."""
-    task = OFFLINE_TASKS[name]
-    present = set(ids)
-    if task.folds.startswith("official"):
-        out = {}
-        for f in task.fold_numbers:
-            train, test = matbench_split(name, f)
-            if not set(test) <= present:
-                raise DataError(f"fold {f}: {len(set(test) - present)} test ids are missing", name)
-            out[f] = ([i for i in train if i in present], list(test))
-        return out
-    order = np.random.default_rng(seed).permutation(len(ids))
-    chunks = np.array_split(order, 5)
-    out = {}
-    for f in task.fold_numbers:
-        test = set(chunks[f].tolist())
-        out[f] = ([ids[i] for i in range(len(ids)) if i not in test], [ids[i] for i in sorted(test)])
-    return out

@@ -2,6 +2,7 @@
 
 * :func:`seeded_split` -- every random split of the project (pre-training validation strings, the validation
   rows fine-tuning carves out of its training data, held-out test crystals): one rule, one RNG.
+* :func:`seeded_kfold` -- a seeded k-fold partition (the offline multi-task table's folds).
 * :func:`leave_cluster_out_splits` -- leave one group out (a crystal system, an anion family), with
   :func:`chemical_family` as one such grouping.
 """
@@ -9,6 +10,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,6 +33,25 @@ def seeded_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nda
     if fraction > 0 and n_out == 0 and n > 1:
         n_out = 1
     return perm[n_out:], perm[:n_out]
+
+
+def seeded_kfold(ids: Sequence, k: int = 5, seed: int = 0) -> list[tuple[list, list]]:
+    """``[(train_ids, test_ids), ...]`` for ``k`` folds of ``ids``: a seeded random partition into ``k`` test sets of
+    near-equal size (numpy's ``default_rng(seed).permutation``, cut by ``array_split``; the rule that made the
+    committed multi-task table, so it stays numpy's and not :func:`seeded_split`'s torch permutation). Test ids
+    keep the order of ``ids``, training ids too; the test sets are disjoint and cover ``ids``."""
+    if k < 2:
+        raise ValueError(f"k must be >= 2, got {k}")
+    n = len(ids)
+    if n < k:
+        raise ValueError(f"{n} ids cannot make {k} folds")
+    chunks = np.array_split(np.random.default_rng(seed).permutation(n), k)
+    out = []
+    for chunk in chunks:
+        test = np.zeros(n, dtype=bool)
+        test[chunk] = True
+        out.append(([ids[i] for i in range(n) if not test[i]], [ids[i] for i in range(n) if test[i]]))
+    return out
 
 
 def leave_cluster_out_splits(groups: pd.Series, min_size: int = 1) -> list[tuple[str, list, list]]:

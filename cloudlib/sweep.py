@@ -278,7 +278,7 @@ def downstream(
     Raises :class:`~cloudlib.errors.CloudError` when a run must be fitted but its weights are not there (a run
     copied from a cache has none)."""
     from .errors import CloudError
-    from .finetune import fit, predict_strings
+    from .study import FitSpec, run_fits
 
     key = downstream_key(config, train, test, target)
     cached: dict[str, dict] = {}
@@ -300,18 +300,27 @@ def downstream(
                 "none); re-run the sweep without the cache, or with the fine-tuning settings the cache was made with",
                 str(encoder),
             )
-        cfg = config.replace(pretrained=True, encoder=str(encoder))
-        t0 = time.perf_counter()
-        res = fit(list(train["scope"]), train[target].to_numpy(), cfg, progress=False, target_name=target)
-        mae = float(np.mean(np.abs(predict_strings(res, list(test["scope"])) - test[target].to_numpy())))
+        spec = FitSpec(
+            task="downstream",
+            model="CLOUD",
+            fold=r["run"],
+            train=train[["scope", target]].rename(columns={target: "target"}),
+            test=test[["scope", target]].rename(columns={target: "target"}),
+            config=config.replace(encoder=str(encoder)),
+            seed=config.seed,
+            target_name=target,
+        )
+        (rec,) = run_fits([spec], progress=False)
+        if not rec.ok:
+            raise CloudError(f"run {r['run']}: the downstream fit failed: {rec.error}", str(encoder))
         rows.append(
             {
                 "run": r["run"],
                 "N": r["N"],
                 "D": r["D"],
                 "val_loss": r["val_loss"],
-                "downstream_mae": mae,
-                "seconds": round(time.perf_counter() - t0, 1),
+                "downstream_mae": rec.scores["mae"],
+                "seconds": round(rec.seconds, 1),
                 "reused": False,
             }
         )

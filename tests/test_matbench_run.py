@@ -172,7 +172,8 @@ def test_cli(tmp_path, truth):
 
 def test_offline_multitask_table_labels_resume_and_record(tmp_path, monkeypatch):
     """Two real offline tasks (one official-partial, one seeded) x four models, tiny settings; resumable."""
-    from cloudlib.offline_data import OFFLINE_TASKS, offline_task_folds
+    from cloudlib.matbench_run import offline_task_folds
+    from cloudlib.offline_data import OFFLINE_TASKS
 
     monkeypatch.setenv("CLOUD_HOME", str(tmp_path / "home"))  # derived caches in a scratch tree
     cfg = preset("finetune", "smoke").replace(epochs=1)
@@ -201,7 +202,10 @@ def test_offline_multitask_table_labels_resume_and_record(tmp_path, monkeypatch)
     preds = pd.read_csv(tmp_path / "mt" / "offline_t_predictions.csv.gz")
     assert len(preds) == int(table["n_test"].sum())
     # a rerun with the same settings trains nothing: every (task, model, fold) is read back
-    monkeypatch.setattr(mr, "fit_predict", lambda *a, **k: pytest.fail("refitted a finished fold"))
+    from cloudlib import study
+
+    for m in models:
+        monkeypatch.setitem(study.FIT_FUNCTIONS, m, lambda *a, **k: pytest.fail("refitted a finished fold"))
     again = mr.run_offline(tasks, cfg, **kw)
     pd.testing.assert_frame_equal(again, table)
     assert again.attrs["missing"] == [] and record["metadata"]["complete"] is True
