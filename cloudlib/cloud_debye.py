@@ -41,6 +41,7 @@ from . import debye, engine
 from .config import FinetuneConfig
 from .debye import dulong_petit
 from .errors import InvalidTargetError
+from .evaluation import mae
 from .finetune import SEED_STREAM, epochs_of, train_head, train_val_indices
 from .model import CloudDebye, CurveRegressor, build_encoder
 
@@ -293,7 +294,7 @@ def _validation(kind: str, tok, cfg, strings, val_idx, T, cv, n):
     def val_mae(m):
         if not len(val_idx):
             return None
-        return np.nanmean(np.abs(Fitted(m, tok, cfg, kind).heat_capacity(val_strings, T, n[val_idx]) - cv_val))
+        return mae(cv_val, Fitted(m, tok, cfg, kind).heat_capacity(val_strings, T, n[val_idx]), skip_nan=True)
 
     return val_mae
 

@@ -29,7 +29,7 @@ from . import debye, phonons, reference
 from .cloud_debye import Ensemble, Fitted, fit_curves, fit_debye, fit_direct, fit_ensemble, fit_physics, theta_labels
 from .config import FinetuneConfig
 from .debye import dulong_petit
-from .evaluation import audit_counts, regression_metrics
+from .evaluation import audit_counts, mae, regression_metrics
 from .finetune import predict_strings
 from .registry import fetch
 from .splits import seeded_split
@@ -150,12 +150,8 @@ def curves_benchmark(
         "direct multi-T regressor": curves.heat_capacity(list(ptest["scope"]), temps, ptest["n_atoms"]),
         "Debye curve through the true Cv(300 K)": debye_through(ptest["cv_300K"], ptest["n_atoms"], temps),
     }
-    by_t = pd.DataFrame(
-        {name: np.abs(p - true).mean(axis=0) for name, p in preds.items()}, index=pd.Index(temps, name="T (K)")
-    )
-    return CurvesRun(
-        ptrain, ptest, temps, cols, curves, preds, by_t, {k: float(np.abs(p - true).mean()) for k, p in preds.items()}
-    )
+    by_t = pd.DataFrame({name: mae(true, p, axis=0) for name, p in preds.items()}, index=pd.Index(temps, name="T (K)"))
+    return CurvesRun(ptrain, ptest, temps, cols, curves, preds, by_t, {k: mae(true, p) for k, p in preds.items()})
 
 
 def audit(models: dict[str, Fitted], strings, n_atoms, temperatures=None) -> pd.DataFrame:
@@ -185,9 +181,7 @@ def corundum(debye_model: Fitted, table: pd.DataFrame, temperatures=None) -> dic
         "experiment": exp,
         "chgnet_T": temps,
         "chgnet_cv": al[cols].to_numpy(float)[0] * 5.0 / float(al["n_atoms"].iloc[0]),
-        "mae_vs_experiment": float(
-            np.mean(np.abs(np.interp(exp["temperature_K"], T, cv) - exp["cp_J_per_K_mol_Al2O3"]))
-        ),
+        "mae_vs_experiment": mae(exp["cp_J_per_K_mol_Al2O3"], np.interp(exp["temperature_K"], T, cv)),
         "points": int(len(exp)),
     }
 
@@ -335,10 +329,8 @@ def mae_by_band(predictions: dict, true: np.ndarray, temperatures) -> pd.DataFra
     for lo, hi in BANDS:
         m = (T > lo) & (T <= hi) if lo > 0 else (T <= hi)
         if m.any():
-            rows[band_label(lo, hi)] = {
-                k: float(np.nanmean(np.abs(p[:, m] - true[:, m]))) for k, p in predictions.items()
-            }
-    rows["all T"] = {k: float(np.nanmean(np.abs(p - true))) for k, p in predictions.items()}
+            rows[band_label(lo, hi)] = {k: mae(true[:, m], p[:, m], skip_nan=True) for k, p in predictions.items()}
+    rows["all T"] = {k: mae(true, p, skip_nan=True) for k, p in predictions.items()}
     return pd.DataFrame(rows).T
 
 

@@ -1,5 +1,6 @@
 """Scores: regression metrics in the paper's units, and the thermodynamic-consistency audit of Cv(T) curves.
 
+* :func:`mae` -- the mean absolute error (over all entries or along an axis, NaN-aware for curves with gaps).
 * :func:`regression_metrics` -- MAE, MAD, MAE/MAD (the paper's unit-free score), RMSE, R², max error.
 * :func:`fit_scores` -- the scores of one fit's test predictions (every study's scorer, :mod:`cloudlib.study`).
 * :func:`consistency_audit` -- per material, which thermodynamic rules a predicted Cv(T) curve breaks.
@@ -13,19 +14,27 @@ import pandas as pd
 from .debye import dulong_petit
 
 
+def mae(y, pred, axis=None, skip_nan: bool = False):
+    """Mean absolute error of ``pred`` against ``y`` (same shape) over ``axis`` (None: every entry, a float);
+    ``skip_nan``: over the known entries only (curves with gaps)."""
+    d = np.abs(np.asarray(pred, dtype=float) - np.asarray(y, dtype=float))
+    out = np.nanmean(d, axis=axis) if skip_nan else d.mean(axis=axis)
+    return float(out) if axis is None else out
+
+
 def regression_metrics(y, pred) -> dict:
     """MAE, MAD (mean absolute deviation of y), MAE/MAD (the paper's unit-free score), RMSE, R² and the largest
     absolute error."""
     y, pred = np.asarray(y, dtype=float), np.asarray(pred, dtype=float)
     if y.shape != pred.shape:
         raise ValueError(f"y has shape {y.shape} but pred {pred.shape}")
-    mae = float(np.mean(np.abs(pred - y)))
+    err = mae(y, pred)
     mad = float(np.mean(np.abs(y - y.mean())))
     ss = float(np.sum((y - y.mean()) ** 2))
     return {
-        "mae": mae,
+        "mae": err,
         "mad": mad,
-        "mae_over_mad": mae / mad if mad > 0 else float("nan"),
+        "mae_over_mad": err / mad if mad > 0 else float("nan"),
         "rmse": float(np.sqrt(np.mean((pred - y) ** 2))),
         "r2": 1.0 - float(np.sum((pred - y) ** 2)) / ss if ss > 0 else float("nan"),
         "max_error": float(np.max(np.abs(pred - y))) if len(y) else float("nan"),

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from . import engine
 from .config import FinetuneConfig
 from .errors import InvalidTargetError, ModelError, ScopeStringError
+from .evaluation import mae
 from .model import CloudPredictor, build_encoder
 from .scope import expand_variants, group_mean
 from .splits import seeded_split
@@ -157,8 +158,8 @@ class PropertyObjective(engine.Objective):
         y = self.y_val
         if self.task == "regression":
             return {
-                "val_loss": float(np.mean(np.abs(raw - (y - self.mean) / self.std))),
-                "val_mae": float(np.mean(np.abs(raw * self.std + self.mean - y))),
+                "val_loss": mae((y - self.mean) / self.std, raw),
+                "val_mae": mae(y, raw * self.std + self.mean),
             }
         bce = float(F.binary_cross_entropy_with_logits(torch.from_numpy(raw), torch.from_numpy(y)))
         return {"val_loss": bce, "val_auc": _auc(y, raw)}

@@ -33,7 +33,7 @@ from .config import FinetuneConfig
 from .errors import DataUnavailableError
 from .io import atomic_path, write_csv
 from .matbench_data import load_matbench, matbench_metadata, matbench_split
-from .study import MODELS, FitSpec, FitStore, check_models, records_table, run_fits, slug
+from .study import MODELS, FitSpec, FitStore, check_models, fold_specs, records_table, run_fits, slug
 
 
 def task_table(task: str, jobs: int = 1) -> pd.DataFrame:
@@ -109,24 +109,19 @@ def run_matbench(
         specs = []
         for fold in folds:
             train_ids, test_ids = matbench_split(task, fold)
-            train, test = table.loc[train_ids], table.loc[test_ids]
-            for model in models:
-                exp = (export or {}).get((task, fold)) if model == "CLOUD" else None
-                specs.append(
-                    FitSpec(
-                        task=task,
-                        model=model,
-                        fold=fold,
-                        train=train,
-                        test=test,
-                        config=config,
-                        seed=config.seed + fold,
-                        kind=kind,
-                        features=features,
-                        target_name=meta["target"],
-                        export=paths.resolve(exp).absolute() if exp is not None else None,
-                    )
-                )
+            exp = (export or {}).get((task, fold))
+            specs += fold_specs(
+                task,
+                fold,
+                table.loc[train_ids],
+                table.loc[test_ids],
+                models,
+                config,
+                kind=kind,
+                features=features,
+                target_name=meta["target"],
+                export=paths.resolve(exp).absolute() if exp is not None else None,
+            )
         for spec, rec in zip(specs, run_fits(specs, jobs=jobs, progress=progress)):
             if not rec.ok:  # not recorded: matbench reads complete runs only, so the model's file says so
                 failed.append(f"{task}/{spec.model}/fold{spec.fold}: {rec.error}")
@@ -186,22 +181,19 @@ def run_ood(
     features = _magpie(task, table, models, jobs)
     meta = matbench_metadata(task)
     kind = "classification" if meta["task_type"] == "classification" else "regression"
-    specs = [
-        FitSpec(
-            task=task,
-            model=model,
-            fold=held_out,
-            train=table.loc[train_ids],
-            test=table.loc[test_ids],
-            config=config,
-            seed=config.seed,
+    specs = []
+    for held_out, train_ids, test_ids in leave_cluster_out_splits(groups.reindex(table.index), min_size=min_test):
+        specs += fold_specs(
+            task,
+            held_out,
+            table.loc[train_ids],
+            table.loc[test_ids],
+            models,
+            config,
             kind=kind,
             features=features,
             target_name=meta["target"],
         )
-        for held_out, train_ids, test_ids in leave_cluster_out_splits(groups.reindex(table.index), min_size=min_test)
-        for model in models
-    ]
     records = run_fits(specs, jobs=jobs, progress=progress)
     out = records_table(records, scores=("mae",)).rename(columns={"fold": "held_out"})
     return out[["held_out", "model", "n_test", "mae", "seconds", *(["error"] if "error" in out else [])]]
@@ -347,20 +339,7 @@ def run_unconvbench(
                 skipped_models[t.name] = "RF-Magpie: no structures (SCOPE strings only)"
             both = pd.concat([train, test])
             features = _magpie(f"unconvbench_{t.name}", both, use, jobs) if "RF-Magpie" in use else None
-            specs += [
-                FitSpec(
-                    task=t.name,
-                    model=model,
-                    fold=fold,
-                    train=train,
-                    test=test,
-                    config=config,
-                    seed=config.seed + fold,
-                    features=features,
-                    target_name=t.target,
-                )
-                for model in use
-            ]
+            specs += fold_specs(t.name, fold, train, test, use, config, features=features, target_name=t.target)
     table = records_table(run_fits(specs, jobs=jobs, progress=progress), scores=("mae",))
     table.attrs.update(skipped=skipped, skipped_models=skipped_models)
     return table
@@ -468,28 +447,15 @@ def run_offline(
         fit_missing=fit_missing,
     )
     missing = [f"{f.task}/{f.model}/fold{f.fold}" for f, r in zip(specs, records) if r is None or not r.ok]
+    good = [r for r in records if r is not None and r.ok]
     failed = [f"{r.task}/{r.model}/fold{r.fold}: {r.error}" for r in records if r is not None and not r.ok]
-    rows, preds = [], []
-    for r in records:
-        if r is None or not r.ok:
-            continue
-        rows.append(
-            {
-                "task": r.task,
-                "model": r.model,
-                "fold": r.fold,
-                "folds": OFFLINE_TASKS[r.task].folds,
-                "n_train": r.n_train,
-                "n_test": r.n_test,
-                **{k: r.scores[k] for k in ("mae", "rmse", "max_error")},
-                "seconds": round(r.seconds, 1),
-                "parameters": r.params,
-            }
-        )
-        preds.append(r.predictions_frame())
-    order = {m: i for i, m in enumerate(models)}
-    rows.sort(key=lambda r: (tasks.index(r["task"]), order[r["model"]], r["fold"]))
-    table = pd.DataFrame(rows)
+    table = records_table(good, with_params=True)
+    table.insert(3, "folds", [OFFLINE_TASKS[t].folds for t in table["task"]])
+    rank = {"task": {t: i for i, t in enumerate(tasks)}, "model": {m: i for i, m in enumerate(models)}}
+    sort_key = lambda col: col.map(rank[col.name]) if col.name in rank else col  # noqa: E731
+    table = table.sort_values(["task", "model", "fold"], key=sort_key, kind="stable").reset_index(drop=True)
+    preds = [r.predictions_frame() for r in good]
+    rows = table.to_dict(orient="records")
     record: dict = {
         "metadata": {
             "name": name,
@@ -520,7 +486,7 @@ def run_offline(
     if len(table):
         write_csv(out / f"offline_{name}_folds.csv", table.drop(columns=["parameters"]), index=False)
         write_csv(out / f"offline_{name}_predictions.csv.gz", pd.concat(preds), index=False)
-    table = table.drop(columns=["parameters"]) if len(table) else table
+    table = table.drop(columns=["parameters"])
     table.attrs["missing"] = missing
     table.attrs["failed"] = failed
     _offline_provenance(out / f"offline_{name}_provenance.json", command, config, table, jobs, time.perf_counter() - t0)

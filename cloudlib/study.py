@@ -111,6 +111,18 @@ class FitRecord:
         return df
 
 
+def fold_specs(task: str, fold: int | str, train, test, models, config: FinetuneConfig, **kw) -> list[FitSpec]:
+    """One :class:`FitSpec` per model on the same fold, seeded ``config.seed + fold`` (a numbered fold) or
+    ``config.seed`` (a named group); ``kw``: the other FitSpec fields (``kind``, ``features``, ``target_name``;
+    ``export`` applies to the CLOUD fit only)."""
+    seed = config.seed + fold if isinstance(fold, (int, np.integer)) else config.seed
+    export = kw.pop("export", None)
+    return [
+        FitSpec(task, m, fold, train, test, config, seed=seed, export=export if m == "CLOUD" else None, **kw)
+        for m in models
+    ]
+
+
 # --------------------------------------------------------------------------- fit functions
 
 
@@ -379,9 +391,11 @@ def run_fits(
     return results
 
 
-def records_table(records: Sequence[FitRecord | None], scores=("mae", "rmse", "max_error")) -> pd.DataFrame:
-    """One row per record: task, model, fold, n_train, n_test, the ``scores``, seconds (and ``error`` when any
-    fit failed)."""
+def records_table(
+    records: Sequence[FitRecord | None], scores=("mae", "rmse", "max_error"), with_params: bool = False
+) -> pd.DataFrame:
+    """One row per record (None: skipped): task, model, fold, n_train, n_test, the ``scores``, seconds (and
+    ``error`` when any fit failed; ``parameters`` with ``with_params``)."""
     rows = []
     for r in records:
         if r is None:
@@ -396,9 +410,11 @@ def records_table(records: Sequence[FitRecord | None], scores=("mae", "rmse", "m
                 **{k: r.scores.get(k, np.nan) for k in scores},
                 "seconds": round(r.seconds, 1),
                 "error": r.error,
+                **({"parameters": r.params} if with_params else {}),
             }
         )
     cols = ["task", "model", "fold", "n_train", "n_test", *scores, "seconds", "error"]
+    cols += ["parameters"] if with_params else []
     table = pd.DataFrame(rows, columns=cols)
     if table["error"].isna().all():
         table = table.drop(columns=["error"])
