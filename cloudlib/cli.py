@@ -334,11 +334,13 @@ def _cmd_matbench(args) -> int:
         if len(folds):
             print(summarise(folds.assign(task=folds["task"] + " (" + folds["folds"] + ")")).round(4).to_string())
         missing = folds.attrs.get("missing", [])
+        for line in folds.attrs.get("failed", []):
+            print(f"failed {line}", file=sys.stderr)
         if missing:
             print(
                 f"partial table: {len(missing)} fits not made yet (run without --collect to make them)", file=sys.stderr
             )
-        return EXIT_OK
+        return EXIT_ROWS_FAILED if folds.attrs.get("failed") else EXIT_OK
     out = args.out or output_dirs(args.preset)[1]
     folds = run_matbench(
         args.tasks,
@@ -354,7 +356,9 @@ def _cmd_matbench(args) -> int:
         print(summarise(folds).round(4).to_string())
     for task, why in folds.attrs.get("skipped", {}).items():
         print(f"skipped {task}: {why}", file=sys.stderr)
-    return EXIT_ROWS_FAILED if folds.attrs.get("skipped") else EXIT_OK
+    for line in folds.attrs.get("failed", []):
+        print(f"failed {line}", file=sys.stderr)
+    return EXIT_ROWS_FAILED if folds.attrs.get("skipped") or folds.attrs.get("failed") else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:

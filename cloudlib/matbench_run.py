@@ -73,6 +73,31 @@ def _benchmark(task: str, table: pd.DataFrame, target: str):
     return mb
 
 
+def _task_specs(task: str, table: pd.DataFrame, splits, models, config, jobs: int, export=None) -> list:
+    """Every model on every ``(fold, train_ids, test_ids)`` of ``splits`` of a MatBench task: its kind and
+    target from its metadata, Magpie features when RF-Magpie is asked for; ``export`` maps ``(task, fold)`` to the
+    folder where that fold's CLOUD fit is saved."""
+    meta = matbench_metadata(task)
+    kind = "classification" if meta["task_type"] == "classification" else "regression"
+    features = _magpie(task, table, models, jobs)
+    specs = []
+    for fold, train_ids, test_ids in splits:
+        exp = (export or {}).get((task, fold))
+        specs += fold_specs(
+            task,
+            fold,
+            table.loc[train_ids],
+            table.loc[test_ids],
+            models,
+            config,
+            kind=kind,
+            features=features,
+            target_name=meta["target"],
+            export=paths.resolve(exp).absolute() if exp is not None else None,
+        )
+    return specs
+
+
 def run_matbench(
     tasks=("matbench_dielectric",),
     config: FinetuneConfig | None = None,
@@ -103,25 +128,9 @@ def run_matbench(
         except DataUnavailableError as exc:
             skipped[task] = str(exc)
             continue
-        kind = "classification" if meta["task_type"] == "classification" else "regression"
         benches = {m: _benchmark(task, table, meta["target"]) for m in models}
-        features = _magpie(task, table, models, jobs)
-        specs = []
-        for fold in folds:
-            train_ids, test_ids = matbench_split(task, fold)
-            exp = (export or {}).get((task, fold))
-            specs += fold_specs(
-                task,
-                fold,
-                table.loc[train_ids],
-                table.loc[test_ids],
-                models,
-                config,
-                kind=kind,
-                features=features,
-                target_name=meta["target"],
-                export=paths.resolve(exp).absolute() if exp is not None else None,
-            )
+        splits = ((fold, *matbench_split(task, fold)) for fold in folds)
+        specs = _task_specs(task, table, splits, models, config, jobs, export)
         for spec, rec in zip(specs, run_fits(specs, jobs=jobs, progress=progress)):
             if not rec.ok:  # not recorded: matbench reads complete runs only, so the model's file says so
                 failed.append(f"{task}/{spec.model}/fold{spec.fold}: {rec.error}")
@@ -178,22 +187,8 @@ def run_ood(
     config = config or preset("finetune", "laptop")
     check_models(models)
     table = task_table(task, jobs=jobs)
-    features = _magpie(task, table, models, jobs)
-    meta = matbench_metadata(task)
-    kind = "classification" if meta["task_type"] == "classification" else "regression"
-    specs = []
-    for held_out, train_ids, test_ids in leave_cluster_out_splits(groups.reindex(table.index), min_size=min_test):
-        specs += fold_specs(
-            task,
-            held_out,
-            table.loc[train_ids],
-            table.loc[test_ids],
-            models,
-            config,
-            kind=kind,
-            features=features,
-            target_name=meta["target"],
-        )
+    splits = leave_cluster_out_splits(groups.reindex(table.index), min_size=min_test)
+    specs = _task_specs(task, table, splits, models, config, jobs)
     records = run_fits(specs, jobs=jobs, progress=progress)
     out = records_table(records, scores=("mae",)).rename(columns={"fold": "held_out"})
     return out[["held_out", "model", "n_test", "mae", "seconds", *(["error"] if "error" in out else [])]]

@@ -82,7 +82,9 @@ class SupercellError(PhononError):
 
 @dataclass(frozen=True)
 class PhononSettings:
-    """Everything that determines a :func:`phonon_cv` result (recorded in provenance)."""
+    """Everything that determines a :func:`phonon_cv` result (recorded in each result and in provenance). The
+    defaults are the library's; the committed ``data/chgnet_cv`` table used ``max_supercell_atoms=160`` and
+    ``max_imag_fraction=None`` (:data:`cloudlib.phonon_table.TABLE_PHONONS`)."""
 
     relax: bool = True
     fmax: float = 0.01  # eV/A
@@ -93,8 +95,34 @@ class PhononSettings:
     displacement: float = 0.03  # A (see the module docstring)
     mesh_length: float = 60.0  # A (phonopy length rule)
     imaginary_tol_thz: float = 0.3
-    max_imag_fraction: float = 0.02
+    max_imag_fraction: float | None = 0.02  # None: the minimum frequency alone decides stability
     batch_size: int = 1  # batching is slower on CPU (large allocations)
+
+    def record(self) -> dict:
+        """The settings as the committed table's provenance names them (its ``settings_hash`` depends on these
+        keys: ``batch_size`` is left out, it does not change a result; the stability rule only when it has a
+        ``max_imag_fraction``)."""
+        out = {
+            "relax": self.relax,
+            "fmax_ev_per_A": self.fmax,
+            "relax_steps": self.relax_steps,
+            "relax_optimizer": "FIRE on FrechetCellFilter with FixSymmetry (chgnet StructOptimizer)",
+            "symprec": self.symprec,
+            "supercell_min_length_A": self.supercell_min_length,
+            "max_supercell_atoms": self.max_supercell_atoms,
+            "displacement_A": self.displacement,
+            "mesh_length_A": self.mesh_length,
+            "imaginary_tol_thz": self.imaginary_tol_thz,
+        }
+        if self.max_imag_fraction is not None:
+            out.update(
+                {
+                    "max_imag_fraction": self.max_imag_fraction,
+                    "imag_floor_thz": IMAG_FLOOR_THZ,
+                    "stability_rule": "min_freq_thz >= -imaginary_tol_thz and imag_fraction <= max_imag_fraction",
+                }
+            )
+        return out
 
 
 @dataclass
@@ -387,45 +415,31 @@ def phonon_cv(
     structure,
     temperatures: Sequence[float] = TEMPERATURES,
     model=None,
-    relax: bool = True,
-    fmax: float = 0.01,
-    relax_steps: int = 300,
-    symprec: float = 1e-3,
-    supercell_min_length: float = 10.0,
-    max_supercell_atoms: int = 200,
-    displacement: float = 0.03,
-    mesh_length: float = 60.0,
-    imaginary_tol_thz: float = 0.3,
-    max_imag_fraction: float | None = 0.02,
-    batch_size: int = 1,
+    settings: PhononSettings | None = None,
     name: str | None = None,
+    **overrides,
 ) -> PhononCv:
     """Harmonic Cv(T) of one crystal (J/(K mol of primitive cells)) with CHGNet + phonopy.
 
     ``structure``: a pymatgen Structure (or anything :func:`cloudlib.scope.as_structure` takes).
-    ``model``: a loaded CHGNet (default: :func:`load_model`). ``relax=False`` uses the geometry as
-    given (useful for tests of instability). See the module docstring for the recipe and the
+    ``model``: a loaded CHGNet (default: :func:`load_model`). ``settings``: a :class:`PhononSettings` (default:
+    the library's); ``overrides``: fields of it to change for this call, e.g. ``relax=False`` uses the geometry
+    as given (useful for tests of instability). See the module docstring for the recipe and the
     stability rule. Raises :class:`PhononError` subclasses (and the structure errors of
     :mod:`cloudlib.errors`) naming ``name``.
     """
+    import dataclasses
+
     from phonopy import Phonopy
 
     from .scope import as_structure
 
     t0 = time.perf_counter()
-    settings = PhononSettings(
-        relax,
-        fmax,
-        relax_steps,
-        symprec,
-        supercell_min_length,
-        max_supercell_atoms,
-        displacement,
-        mesh_length,
-        imaginary_tol_thz,
-        max_imag_fraction,
-        batch_size,
-    )
+    settings = dataclasses.replace(settings or PhononSettings(), **overrides)  # an unknown name: TypeError
+    relax, fmax, relax_steps, symprec = settings.relax, settings.fmax, settings.relax_steps, settings.symprec
+    supercell_min_length, max_supercell_atoms = settings.supercell_min_length, settings.max_supercell_atoms
+    displacement, mesh_length, batch_size = settings.displacement, settings.mesh_length, settings.batch_size
+    imaginary_tol_thz, max_imag_fraction = settings.imaginary_tol_thz, settings.max_imag_fraction
     temps = np.asarray(temperatures, dtype=float)
     if temps.ndim != 1 or not len(temps) or (temps < 0).any():
         raise ValueError(f"temperatures must be a non-empty list of K >= 0, got {temperatures!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -162,7 +163,7 @@ def test_al2o3_reference():
     assert (ref["cp_J_per_K_mol_Al2O3"] < 1.05 * 15 * phonons.R).all()
 
 
-# --------------------------------------------------------------------------- the script's checkpoint
+# --------------------------------------------------------------------------- the table's settings and checkpoint
 
 
 def _script():
@@ -172,18 +173,41 @@ def _script():
     return mod
 
 
+def test_table_settings_are_the_committed_ones(provenance):
+    """One PhononSettings: the library's TableSettings (and the script's defaults) record exactly the committed
+    table's settings and hash, so its checkpoint and provenance stay valid."""
+    from cloudlib.phonon_table import TABLE_PHONONS, TableSettings
+
+    settings = TableSettings()
+    assert settings.record() == provenance["settings"]
+    assert settings.hash() == provenance["settings_hash"]
+    assert _script().table_settings(_script()._args([])) == settings
+    assert TABLE_PHONONS.max_supercell_atoms == 160 and TABLE_PHONONS.max_imag_fraction is None
+    # the library default adds the imaginary-share rule: it is recorded, and it changes the hash
+    lib = TableSettings(phonons=phonons.PhononSettings())
+    assert lib.record()["max_imag_fraction"] == 0.02 and lib.hash() != settings.hash()
+
+
+def test_phonon_cv_settings_and_overrides(si):
+    """phonon_cv records the PhononSettings it ran with; a keyword changes one field; an unknown one is refused."""
+    assert si.settings == dataclasses.asdict(dataclasses.replace(phonons.PhononSettings(), supercell_min_length=8.0))
+    with pytest.raises(TypeError, match="no_such"):
+        phonons.phonon_cv(silicon(), model=object(), no_such=1)
+
+
 def test_finalize_from_a_cut_checkpoint(tmp_path, si):
-    mod = _script()
-    args = mod._args(["--limit", "3"])
+    from cloudlib.phonon_table import Selection, TableSettings, finalize
+
+    settings = TableSettings(selection=Selection(limit=3))
     ckpt = tmp_path / "checkpoint-x.jsonl"
     ok = {"id": "si", "source": "test", "scope": "x", "status": "ok", **si.as_row()}
     ok.pop("name")
     bad = {"id": "bad", "source": "test", "status": "failed", "error": "RelaxationError: bad: boom"}
     ckpt.write_text(json.dumps(ok) + "\n" + json.dumps(bad) + "\n" + json.dumps(ok)[:40])  # last line cut by a kill
-    prov = mod.finalize(args, ckpt, tmp_path / "out", log=lambda *_: None)
+    prov = finalize(settings, ckpt, tmp_path / "out", log=lambda *_: None)
     out = pd.read_csv(tmp_path / "out" / "chgnet_cv.csv")
     assert list(out["id"]) == ["si"] and out["stable"].tolist() == [True]
     assert prov["counts"] == {"selected": None, "computed": 1, "stable": 1, "unstable_imaginary": 0, "failed": 1}
     assert out["cv_300K"].iloc[0] == pytest.approx(si.cv_at(300), abs=1e-3)
-    # the checkpoint name does not depend on --limit (the candidate list is prefix-stable)
-    assert mod.settings_hash(mod.settings(args)) == mod.settings_hash(mod.settings(mod._args(["--limit", "9"])))
+    # the checkpoint name does not depend on the limit (the candidate list is prefix-stable)
+    assert settings.hash() == TableSettings(selection=Selection(limit=9)).hash() == TableSettings().hash()

@@ -156,3 +156,26 @@ def test_seeded_kfold_partitions():
     assert seeded_kfold(ids, 5, seed=3) == folds and seeded_kfold(ids, 5, seed=4) != folds
     with pytest.raises(ValueError):
         seeded_kfold(ids[:3], 5)
+
+
+def test_a_failed_matbench_fold_is_named_and_exits_2(tmp_path, monkeypatch, capsys):
+    """The MatBench command: a fit that fails is a row with its error, the other folds are recorded, exit 2."""
+    from cloudlib.cli import main
+
+    real = study.FIT_FUNCTIONS["Dummy"]
+
+    def flaky(s, progress):
+        if s.fold == 2:
+            raise MemoryError("killed")
+        return real(s, progress)
+
+    monkeypatch.setitem(study.FIT_FUNCTIONS, "Dummy", flaky)
+    args = ["matbench", "--tasks", "matbench_dielectric", "--models", "Dummy", "--preset", "smoke"]
+    code = need_call(main, [*args, "--out", str(tmp_path), "-q"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "failed matbench_dielectric/Dummy/fold2: MemoryError: killed" in err
+    folds = pd.read_csv(tmp_path / "matbench_smoke_folds.csv")
+    assert folds["fold"].tolist() == [0, 1, 2, 3, 4]
+    assert folds["mae"].isna().tolist() == [False, False, True, False, False]
+    assert folds.loc[2, "error"] == "MemoryError: killed"
