@@ -62,15 +62,20 @@ def test_dummy_record_is_the_training_mean_scored_once():
     assert (rec.n_train, rec.n_test, rec.precision) == (40, 10, "fp64") and "CPUs" in rec.machine
 
 
-def test_a_failing_fit_is_a_row_and_the_others_go_on(monkeypatch):
+def fail_dummy_fold(monkeypatch, fold, exc: Exception) -> None:
+    """Make the Dummy fit of ``fold`` raise ``exc`` (every other fold fits as usual)."""
     real = study.FIT_FUNCTIONS["Dummy"]
 
     def flaky(s, progress):
-        if s.fold == 1:
-            raise RuntimeError("out of memory")
+        if s.fold == fold:
+            raise exc
         return real(s, progress)
 
     monkeypatch.setitem(study.FIT_FUNCTIONS, "Dummy", flaky)
+
+
+def test_a_failing_fit_is_a_row_and_the_others_go_on(monkeypatch):
+    fail_dummy_fold(monkeypatch, 1, RuntimeError("out of memory"))
     recs = run_fits([spec(fold=f) for f in range(3)], progress=False)
     assert [r.ok for r in recs] == [True, False, True]
     assert recs[1].error == "RuntimeError: out of memory" and np.isnan(recs[1].prediction).all()
@@ -162,14 +167,7 @@ def test_a_failed_matbench_fold_is_named_and_exits_2(tmp_path, monkeypatch, caps
     """The MatBench command: a fit that fails is a row with its error, the other folds are recorded, exit 2."""
     from cloudlib.cli import main
 
-    real = study.FIT_FUNCTIONS["Dummy"]
-
-    def flaky(s, progress):
-        if s.fold == 2:
-            raise MemoryError("killed")
-        return real(s, progress)
-
-    monkeypatch.setitem(study.FIT_FUNCTIONS, "Dummy", flaky)
+    fail_dummy_fold(monkeypatch, 2, MemoryError("killed"))
     args = ["matbench", "--tasks", "matbench_dielectric", "--models", "Dummy", "--preset", "smoke"]
     code = need_call(main, [*args, "--out", str(tmp_path), "-q"])
     assert code == 2
