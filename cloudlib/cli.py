@@ -90,10 +90,15 @@ def _write_rows(df, output, **kw) -> None:
     raise OutputError(f"could not write the results ({why}); all {len(df)} rows were saved to {where}", output)
 
 
+def _check_timeout(timeout: float) -> None:
+    if not timeout > 0:  # also NaN
+        raise UsageError(f"--timeout must be > 0 seconds, got {timeout:g}")
+
+
 def _limits(args) -> dict:
     """``--timeout`` / ``--max-atoms`` as :func:`~cloudlib.scope.scope_table` keywords (checked: a usage error)."""
-    if args.timeout is not None and not args.timeout > 0:  # also NaN
-        raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
+    if args.timeout is not None:
+        _check_timeout(args.timeout)
     if args.max_atoms < 0:
         raise UsageError(f"--max-atoms must be >= 0 (0 = no limit), got {args.max_atoms}")
     return {"timeout": args.timeout, "max_atoms": args.max_atoms or None}
@@ -257,8 +262,7 @@ def _cmd_harvest(args) -> int:
         structures_url(args.base_url)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if not args.timeout > 0:  # also NaN
-        raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
+    _check_timeout(args.timeout)
     if min(args.retries, args.max_pages or 0, args.max_structures or 0) < 0:
         raise UsageError("--retries, --max-pages and --max-structures must be >= 0")
     df = harvest(

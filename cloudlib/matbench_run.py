@@ -133,7 +133,7 @@ def run_matbench(
         specs = _task_specs(task, table, splits, models, config, jobs, export)
         for spec, rec in zip(specs, run_fits(specs, jobs=jobs, progress=progress)):
             if not rec.ok:  # not recorded: matbench reads complete runs only, so the model's file says so
-                failed.append(f"{task}/{spec.model}/fold{spec.fold}: {rec.error}")
+                failed.append(f"{rec.label}: {rec.error}")
                 rows.append({"task": task, "model": spec.model, "fold": spec.fold, "error": rec.error})
                 continue
             task_obj = getattr(benches[spec.model], task)
@@ -441,9 +441,9 @@ def run_offline(
         store_extra=lambda f: {"folds": OFFLINE_TASKS[f.task].folds},
         fit_missing=fit_missing,
     )
-    missing = [f"{f.task}/{f.model}/fold{f.fold}" for f, r in zip(specs, records) if r is None or not r.ok]
+    missing = [f.label for f, r in zip(specs, records) if r is None or not r.ok]
     good = [r for r in records if r is not None and r.ok]
-    failed = [f"{r.task}/{r.model}/fold{r.fold}: {r.error}" for r in records if r is not None and not r.ok]
+    failed = [f"{r.label}: {r.error}" for r in records if r is not None and not r.ok]
     table = records_table(good, with_params=True)
     table.insert(3, "folds", [OFFLINE_TASKS[t].folds for t in table["task"]])
     rank = {"task": {t: i for i, t in enumerate(tasks)}, "model": {m: i for i, m in enumerate(models)}}

@@ -19,12 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import FinetuneConfig, check_fields
+from .config import MAX_ATOMS, FinetuneConfig, check_fields
 from .errors import BlockSizeError, ModelError
 from .finetune import FitResult, predict_strings, scope_string_errors
 from .io import atomic_dir, verify_manifest, write_manifest
 from .model import CloudPredictor, quiet_loading
-from .scope import MAX_ATOMS
 
 DEFAULT_MODEL = "models/cloud-dielectric-laptop"
 #: the files without which a predictor folder cannot load

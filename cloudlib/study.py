@@ -46,6 +46,16 @@ def slug(model: str) -> str:
     return model.lower().replace("-", "_")
 
 
+def fit_key(task: str, model: str, fold) -> str:
+    """A fit's file name in a :class:`FitStore`: ``task__model__foldN`` (model as :func:`slug`)."""
+    return f"{task}__{slug(model)}__fold{fold}"
+
+
+def fit_label(task: str, model: str, fold) -> str:
+    """A fit as messages name it: ``task/model/foldN``."""
+    return f"{task}/{model}/fold{fold}"
+
+
 @dataclass(frozen=True)
 class FitSpec:
     """One fit. ``train`` / ``test``: rows indexed by id with columns ``scope`` (None where a structure has no SCOPE
@@ -68,8 +78,11 @@ class FitSpec:
 
     @property
     def key(self) -> str:
-        """The fit's name in a :class:`FitStore`: ``task__model__foldN``."""
-        return f"{self.task}__{slug(self.model)}__fold{self.fold}"
+        return fit_key(self.task, self.model, self.fold)
+
+    @property
+    def label(self) -> str:
+        return fit_label(self.task, self.model, self.fold)
 
     def light(self) -> FitSpec:
         """The spec as sent to a worker process: only the columns a neural fit reads, no features."""
@@ -101,6 +114,10 @@ class FitRecord:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def label(self) -> str:
+        return fit_label(self.task, self.model, self.fold)
 
     def predictions_frame(self, targets=None) -> pd.DataFrame:
         """task, model, fold, id[, target], prediction: one row per test id."""
@@ -284,7 +301,7 @@ class FitStore:
     def save(self, record: FitRecord, extra: dict | None = None) -> None:
         """Write a finished record (``extra``: more columns of its row, e.g. the task's folds label)."""
         if not record.ok:
-            raise ValueError(f"{record.task}/{record.model}/fold{record.fold}: a failed fit is not stored")
+            raise ValueError(f"{record.label}: a failed fit is not stored")
         row = {
             "task": record.task,
             "model": record.model,
@@ -305,9 +322,9 @@ class FitStore:
             "id": list(record.ids),
             "prediction": np.asarray(record.prediction, dtype=float).tolist(),
         }
-        key = f"{record.task}__{slug(record.model)}__fold{record.fold}"
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_json(self.path(key), {"settings": self.settings, "row": row, "predictions": preds})
+        path = self.path(fit_key(record.task, record.model, record.fold))
+        write_json(path, {"settings": self.settings, "row": row, "predictions": preds})
 
 
 # --------------------------------------------------------------------------- the runner
