@@ -436,19 +436,15 @@ def phonon_cv(
 
     t0 = time.perf_counter()
     settings = dataclasses.replace(settings or PhononSettings(), **overrides)  # an unknown name: TypeError
-    relax, fmax, relax_steps, symprec = settings.relax, settings.fmax, settings.relax_steps, settings.symprec
-    supercell_min_length, max_supercell_atoms = settings.supercell_min_length, settings.max_supercell_atoms
-    displacement, mesh_length, batch_size = settings.displacement, settings.mesh_length, settings.batch_size
-    imaginary_tol_thz, max_imag_fraction = settings.imaginary_tol_thz, settings.max_imag_fraction
     temps = np.asarray(temperatures, dtype=float)
     if temps.ndim != 1 or not len(temps) or (temps < 0).any():
         raise ValueError(f"temperatures must be a non-empty list of K >= 0, got {temperatures!r}")
     model = load_model() if model is None else model
     structure = as_structure(structure, name)
-    prim, spg = primitive_cell(structure, symprec, name)
+    prim, spg = primitive_cell(structure, settings.symprec, name)
 
-    if relax:
-        prim, info = relax_structure(prim, model, fmax, relax_steps, symprec, name)
+    if settings.relax:
+        prim, info = relax_structure(prim, model, settings.fmax, settings.relax_steps, settings.symprec, name)
     else:
         pred = model.predict_structure(prim, task="ef")
         f_max = float(np.linalg.norm(np.asarray(pred["f"]), axis=1).max())
@@ -456,27 +452,32 @@ def phonon_cv(
             "energy_ev_per_atom": float(pred["e"]),  # CHGNet predicts energy per atom
             "volume_change": 0.0,
             "relax_steps": 0,
-            "relax_converged": f_max <= fmax,
+            "relax_converged": f_max <= settings.fmax,
             "max_force_ev_a": f_max,
         }
 
     lattice = prim.lattice.matrix
     numbers = [site.specie.Z for site in prim]
     s, n_sc, length = choose_supercell(
-        lattice, prim.frac_coords, numbers, supercell_min_length, max_supercell_atoms, symprec
+        lattice,
+        prim.frac_coords,
+        numbers,
+        settings.supercell_min_length,
+        settings.max_supercell_atoms,
+        settings.symprec,
     )
 
     try:
         ph = Phonopy(_to_phonopy_atoms(prim), supercell_matrix=s, primitive_matrix="P", symprec=1e-4, log_level=0)
-        ph.generate_displacements(distance=displacement)
+        ph.generate_displacements(distance=settings.displacement)
         supercells = [_to_structure(sc) for sc in ph.supercells_with_displacements]
         perfect = _to_structure(ph.supercell)
-        forces = chgnet_forces([perfect, *supercells], model, batch_size)
+        forces = chgnet_forces([perfect, *supercells], model, settings.batch_size)
         residual = forces[0]
         ph.forces = np.array([f - residual for f in forces[1:]])
         ph.produce_force_constants()
         ph.symmetrize_force_constants()
-        ph.run_mesh(float(mesh_length), is_gamma_center=True, with_eigenvectors=False)
+        ph.run_mesh(float(settings.mesh_length), is_gamma_center=True, with_eigenvectors=False)
         mesh = ph.mesh
         freqs = np.asarray(mesh.frequencies)
         qpoints = np.asarray(mesh.qpoints)
@@ -505,7 +506,8 @@ def phonon_cv(
         min_freq_q=q_min,
         imag_fraction=imag_fraction,
         stable=bool(
-            min_freq >= -imaginary_tol_thz and (max_imag_fraction is None or imag_fraction <= max_imag_fraction)
+            min_freq >= -settings.imaginary_tol_thz
+            and (settings.max_imag_fraction is None or imag_fraction <= settings.max_imag_fraction)
         ),
         energy_ev_per_atom=info["energy_ev_per_atom"],
         volume_change=info["volume_change"],
