@@ -4,7 +4,7 @@
 each calculation (:data:`TABLE_PHONONS`, the settings that made the committed table), the temperatures and the
 :class:`Selection` of candidates. Its :meth:`~TableSettings.record` is the ``settings`` block of the table's
 provenance and :meth:`~TableSettings.hash` names the checkpoint (both unchanged from the script that made the
-committed table, so its checkpoint and provenance stay valid).
+committed table, so its provenance stays valid).
 
 * :func:`select` -- the deterministic candidate list: ordered crystals of matbench_dielectric and of the matcalc MP
   binary elasticity set whose primitive cell has <= ``max_prim_atoms`` atoms, one per (reduced formula, space
@@ -12,9 +12,11 @@ committed table, so its checkpoint and provenance stay valid).
   prefix of the list is diverse (the list for a larger limit extends the one for a smaller limit); corundum Al2O3
   (mb-dielectric-4256, R-3c, 10 atoms) first. Candidates whose phonon run would need more than ``max_force_atoms``
   (displacements + 1) x supercell atoms of CHGNet evaluations are skipped (mostly low-symmetry cells).
-* :func:`run` -- each candidate's :func:`~cloudlib.phonons.phonon_cv`, appended as one JSON line (flushed and
-  fsynced) to the checkpoint ``data/cache/chgnet_cv/checkpoint-<hash>.jsonl``; a rerun skips the ids already
-  there, so a kill loses at most the material in progress; a time budget stops it cleanly.
+* :func:`run` -- each candidate's :func:`~cloudlib.phonons.phonon_cv`, written as one part of the table's
+  :class:`~cloudlib.store.PartStore` (``data/cache/chgnet_cv/<hash>/materials/<id>.json``, atomically); a rerun
+  skips the ids already there, so a kill loses at most the material in progress; a time budget stops it cleanly.
+  Each session is a part of ``<hash>/sessions``. (A checkpoint of the earlier format, ``checkpoint-<hash>.jsonl``,
+  is moved into the store once, when :func:`checkpoint` first opens it.)
 * :func:`finalize` -- the committed outputs, written atomically: ``chgnet_cv.csv`` and ``provenance.json``.
 
 ``scripts/make_chgnet_cv.py`` is the command line over these.
@@ -44,6 +46,7 @@ from . import paths, phonons
 from .errors import CloudError
 from .io import write_bytes, write_csv, write_json
 from .phonons import TEMPERATURES, PhononSettings
+from .store import PartStore
 
 DIELECTRIC = "pypi/crystal_toolkit-2026.7.20/matbench_dielectric.json.gz"
 ELASTICITY = "matcalc/mp-binary-pbe-elasticity-2025.1.json.gz"
@@ -89,14 +92,20 @@ class TableSettings:
         rec.update(stability)
         return rec
 
-    def hash(self) -> str:
-        """Names the checkpoint. ``limit`` is left out: the candidate list is prefix-stable in it."""
+    def computation(self) -> dict:
+        """What one material's row depends on: :meth:`record` without the selection's ``limit`` (the candidate list
+        is prefix-stable in it)."""
         s = self.record()
         s["selection"].pop("limit", None)
-        return hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()[:10]
+        return s
+
+    def hash(self) -> str:
+        """Names the checkpoint."""
+        return hashlib.sha256(json.dumps(self.computation(), sort_keys=True).encode()).hexdigest()[:10]
 
     def checkpoint(self) -> Path:
-        return paths.cache_dir() / "chgnet_cv" / f"checkpoint-{self.hash()}.jsonl"
+        """The checkpoint folder of these settings: ``materials/`` and ``sessions/`` stores, the selection cache."""
+        return paths.cache_dir() / "chgnet_cv" / self.hash()
 
 
 # --------------------------------------------------------------------------- selection
@@ -196,11 +205,11 @@ def select(settings: TableSettings, log=print) -> list[dict]:
 
 
 def cached_selection(settings: TableSettings, ckpt: Path, log=print) -> list[dict]:
-    """:func:`select`, cached with the structures next to the checkpoint (selection takes minutes)."""
+    """:func:`select`, cached with the structures in the checkpoint folder (selection takes minutes)."""
     from pymatgen.core import Structure
 
     limit = settings.selection.limit
-    cache = ckpt.with_suffix(".candidates.json.gz")
+    cache = Path(ckpt) / "candidates.json.gz"
     if cache.exists():
         saved = json.loads(gzip.decompress(cache.read_bytes()))
         if saved["limit"] >= limit or saved["exhausted"]:
@@ -222,10 +231,18 @@ def cached_selection(settings: TableSettings, ckpt: Path, log=print) -> list[dic
 # --------------------------------------------------------------------------- the checkpoint and the run
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The rows of a checkpoint; a last line cut short by a kill is skipped (that material is simply redone)."""
-    if not path.exists():
-        return []
+def stores(settings: TableSettings, ckpt: Path | None = None) -> tuple[PartStore, PartStore]:
+    """The (materials, sessions) stores of the checkpoint folder ``ckpt`` (default :meth:`TableSettings.checkpoint`);
+    a checkpoint of the earlier one-file format beside it is moved in first."""
+    ckpt = Path(ckpt) if ckpt is not None else settings.checkpoint()
+    materials = PartStore(ckpt / "materials", settings.computation())
+    sessions = PartStore(ckpt / "sessions", settings.computation())
+    _migrate_jsonl(ckpt.parent / f"checkpoint-{ckpt.name}.jsonl", ckpt, materials, sessions)
+    return materials, sessions
+
+
+def _jsonl(path: Path) -> list[dict]:
+    """The rows of a file of JSON lines; a last line cut short by a kill is skipped."""
     rows = []
     for line in path.read_text().splitlines():
         try:
@@ -235,12 +252,24 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _append(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def _migrate_jsonl(legacy: Path, ckpt: Path, materials: PartStore, sessions: PartStore) -> None:
+    """Move a checkpoint of the earlier format (``checkpoint-<hash>.jsonl`` with ``.sessions.jsonl``,
+    ``.selection.json`` and ``.candidates.json.gz`` beside it) into the stores, once (the first row of an id wins,
+    as it did when the table was finalized from it)."""
+    if not legacy.is_file() or materials.keys():
+        return
+    for row in _jsonl(legacy):
+        if row["id"] not in materials:
+            materials.put(row["id"], {"row": row})
+    side = legacy.with_suffix(".sessions.jsonl")
+    for i, session in enumerate(_jsonl(side) if side.is_file() else []):
+        sessions.put(f"session-{i:04d}", {"session": session})
+    for suffix, name in ((".selection.json", "selection.json"), (".candidates.json.gz", "candidates.json.gz")):
+        if legacy.with_suffix(suffix).is_file():
+            os.replace(legacy.with_suffix(suffix), ckpt / name)
+    for p in (legacy, side):
+        if p.is_file():
+            os.replace(p, p.with_name(p.name + ".migrated"))
 
 
 def compute_row(candidate: dict, settings: TableSettings, model) -> dict:
@@ -280,17 +309,19 @@ def run(
     command: str | None = None,
 ) -> dict:
     """Compute the candidates not yet in the checkpoint, in order, until done or out of time (SIGTERM / Ctrl-C:
-    the material in progress is dropped). Appends this session to ``<checkpoint>.sessions.jsonl`` and returns it."""
+    the material in progress is dropped). Stores this session as a part of the ``sessions`` store and returns it.
+    ``ckpt``: the checkpoint folder (default :meth:`TableSettings.checkpoint`)."""
     import torch
 
-    ckpt = ckpt or settings.checkpoint()
+    ckpt = Path(ckpt) if ckpt is not None else settings.checkpoint()
+    materials, sessions = stores(settings, ckpt)
     torch.set_num_threads(threads)
     t_start = time.time()
-    done = {r["id"] for r in read_jsonl(ckpt)}
+    done = set(materials.done())
     cands = cached_selection(settings, ckpt, log)
     todo = [c for c in cands if c["id"] not in done]
-    log(f"{len(cands) - len(todo)} already in {ckpt.name}; {len(todo)} to compute")
-    write_json(ckpt.with_suffix(".selection.json"), [{k: v for k, v in c.items() if k != "structure"} for c in cands])
+    log(f"{len(cands) - len(todo)} already in {ckpt}; {len(todo)} to compute")
+    write_json(ckpt / "selection.json", [{k: v for k, v in c.items() if k != "structure"} for c in cands])
     model = phonons.load_model()
     n_new, interrupted = 0, False
 
@@ -304,7 +335,7 @@ def run(
                 log(f"time budget of {time_budget_min} min reached after {n_new} materials; stopping")
                 break
             row = compute_row(c, settings, model)
-            _append(ckpt, row)
+            materials.put(c["id"], {"row": row})
             n_new += 1
             if row["status"] == "ok":
                 msg = (
@@ -329,7 +360,7 @@ def run(
         "threads": threads,
         "interrupted": interrupted,
     }
-    _append(ckpt.with_suffix(".sessions.jsonl"), session)
+    sessions.put(f"session-{len(sessions.keys()):04d}", {"session": session})
     return session
 
 
@@ -358,16 +389,13 @@ COLUMNS = [
 
 def finalize(settings: TableSettings, ckpt: Path | None = None, out: Path | None = None, log=print) -> dict:
     """Write ``out/chgnet_cv.csv`` (the finished materials, in selection order, one row each) and
-    ``out/provenance.json`` from the checkpoint; return the provenance."""
-    ckpt = ckpt or settings.checkpoint()
+    ``out/provenance.json`` from the checkpoint folder ``ckpt``; return the provenance."""
+    ckpt = Path(ckpt) if ckpt is not None else settings.checkpoint()
+    materials, session_store = stores(settings, ckpt)
     out = Path(out) if out is not None else paths.data_dir() / "chgnet_cv"
     s = settings.record()
-    seen, uniq = set(), []
-    for r in read_jsonl(ckpt):
-        if r["id"] not in seen:
-            seen.add(r["id"])
-            uniq.append(r)
-    sel_path = ckpt.with_suffix(".selection.json")
+    uniq = [materials.get(k)["row"] for k in materials.done()]
+    sel_path = ckpt / "selection.json"
     order = {c["id"]: i for i, c in enumerate(json.loads(sel_path.read_text()))} if sel_path.exists() else {}
     uniq.sort(key=lambda r: order.get(r["id"], len(order)))
     ok = [r for r in uniq if r["status"] == "ok"]
@@ -382,7 +410,7 @@ def finalize(settings: TableSettings, ckpt: Path | None = None, out: Path | None
     table["volume_change"] = table["volume_change"].round(5)
     table["wall_s"] = table["wall_s"].round(2)
     table[cv_cols] = table[cv_cols].round(4)
-    sessions = read_jsonl(ckpt.with_suffix(".sessions.jsonl"))
+    sessions = [session_store.get(k)["session"] for k in session_store.done()]
     from .registry import REGISTRY
 
     sources = {}

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import time
@@ -33,7 +32,7 @@ import pandas as pd
 
 from .config import FinetuneConfig
 from .evaluation import fit_scores
-from .io import write_json
+from .store import PartStore, canonical
 
 #: The models every study can fit, in the order tables show them.
 MODELS = ("CLOUD", "CLOUD-scratch", "RF-Magpie", "Dummy")
@@ -258,7 +257,8 @@ def fit_one(spec: FitSpec, progress: bool = False) -> FitRecord:
 
 
 class FitStore:
-    """A folder of finished fits, one JSON part per :attr:`FitSpec.key`: ``{"settings", "row", "predictions"}``.
+    """The study runner's :class:`~cloudlib.store.PartStore`: one part per :attr:`FitSpec.key`, ``{"settings", "row",
+    "predictions"}``.
 
     A part counts only for the ``settings`` (any JSON-able value; the runner's config, rows, seed) it was made
     with; written atomically, so a killed run leaves whole parts only. ``row`` holds the scores, n_train /
@@ -266,19 +266,20 @@ class FitStore:
     test ids and predictions. The committed multi-task parts (``data/multitask/parts``) are such a store."""
 
     def __init__(self, folder: str | os.PathLike, settings: Any):
-        self.folder = Path(folder)
-        self.settings = settings if isinstance(settings, str) else json.dumps(settings, sort_keys=True)
+        # stored as a JSON string: the format of the committed parts
+        self.parts = PartStore(folder, canonical(settings))
+
+    @property
+    def folder(self) -> Path:
+        return self.parts.folder
 
     def path(self, key: str) -> Path:
-        return self.folder / f"{key}.json"
+        return self.parts.path(key)
 
     def load(self, spec: FitSpec) -> FitRecord | None:
         """The stored record of ``spec`` if it was made with these settings, else None."""
-        p = self.path(spec.key)
-        if not p.is_file():
-            return None
-        part = json.loads(p.read_text())
-        if part.get("settings") != self.settings:
+        part = self.parts.get(spec.key)
+        if part is None:
             return None
         row, preds = part["row"], part["predictions"]
         scores = {k: row[k] for k in ("mae", "rmse", "max_error", "mad", "r2", "accuracy") if k in row}
@@ -322,9 +323,7 @@ class FitStore:
             "id": list(record.ids),
             "prediction": np.asarray(record.prediction, dtype=float).tolist(),
         }
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.path(fit_key(record.task, record.model, record.fold))
-        write_json(path, {"settings": self.settings, "row": row, "predictions": preds})
+        self.parts.put(fit_key(record.task, record.model, record.fold), {"row": row, "predictions": preds})
 
 
 # --------------------------------------------------------------------------- the runner

@@ -196,18 +196,30 @@ def test_phonon_cv_settings_and_overrides(si):
 
 
 def test_finalize_from_a_cut_checkpoint(tmp_path, si):
-    from cloudlib.phonon_table import Selection, TableSettings, finalize
+    """A checkpoint of the earlier one-file format (its last line cut by a kill) moves into the store once; the table
+    is written from the store; a part made with other settings does not count."""
+    from cloudlib.phonon_table import Selection, TableSettings, finalize, stores, with_overrides
 
     settings = TableSettings(selection=Selection(limit=3))
-    ckpt = tmp_path / "checkpoint-x.jsonl"
+    ckpt = tmp_path / "x"
+    legacy = tmp_path / "checkpoint-x.jsonl"
     ok = {"id": "si", "source": "test", "scope": "x", "status": "ok", **si.as_row()}
     ok.pop("name")
     bad = {"id": "bad", "source": "test", "status": "failed", "error": "RelaxationError: bad: boom"}
-    ckpt.write_text(json.dumps(ok) + "\n" + json.dumps(bad) + "\n" + json.dumps(ok)[:40])  # last line cut by a kill
+    legacy.write_text(json.dumps(ok) + "\n" + json.dumps(bad) + "\n" + json.dumps(ok)[:40])
+    legacy.with_suffix(".sessions.jsonl").write_text(json.dumps({"wall_s": 2.5, "new_materials": 2}) + "\n")
     prov = finalize(settings, ckpt, tmp_path / "out", log=lambda *_: None)
     out = pd.read_csv(tmp_path / "out" / "chgnet_cv.csv")
     assert list(out["id"]) == ["si"] and out["stable"].tolist() == [True]
     assert prov["counts"] == {"selected": None, "computed": 1, "stable": 1, "unstable_imaginary": 0, "failed": 1}
+    assert prov["compute"]["sessions"] == [{"wall_s": 2.5, "new_materials": 2}]
     assert out["cv_300K"].iloc[0] == pytest.approx(si.cv_at(300), abs=1e-3)
+    assert not legacy.exists() and (tmp_path / "checkpoint-x.jsonl.migrated").exists()
+    materials, sessions = stores(settings, ckpt)
+    assert materials.done() == ["bad", "si"] and sessions.done() == ["session-0000"]
+    assert (ckpt / "materials" / "si.json").is_file()
+    # the same folder under other phonon settings holds nothing of theirs
+    other, _ = stores(with_overrides(settings, displacement=0.01), ckpt)
+    assert other.keys() == ["bad", "si"] and other.done() == []
     # the checkpoint name does not depend on the limit (the candidate list is prefix-stable)
     assert settings.hash() == TableSettings(selection=Selection(limit=9)).hash() == TableSettings().hash()
