@@ -11,8 +11,11 @@ unique strings and repeat them a few times: Muennighoff et al. (NeurIPS 2023) fo
 repeated data are worth almost as much as fresh data, so ``D`` unique strings x 3 epochs behaves like ~3 D
 fresh ones. The reported loss is the best validation loss over ``evals`` evaluations.
 
-Runs live in ``out_dir/<model>_D<size>/``; a run whose ``summary.json`` matches its configuration is
-reused, a half-finished one resumes from its checkpoint, so re-running a sweep only trains what is missing.
+Runs train in ``out_dir/<model>_D<size>/`` (a half-finished one resumes from its checkpoint there); a finished
+run is kept as one part of the sweep's :class:`~cloudlib.store.PartStore` ``out_dir/runs/`` (its config, summary
+and log, stamped with its pre-training config), and each downstream fine-tune as one part of ``out_dir/downstream/``
+(stamped with :func:`downstream_key`), so re-running a sweep only trains what is missing. A shipped sweep
+(:func:`ship`, e.g. the committed ``data/sweep/laptop``) is such a folder without the weights.
 ``jobs`` runs go in parallel as separate processes with ``cores // jobs`` torch threads each (small models
 use processes far better than threads).
 """
@@ -30,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .config import FinetuneConfig, PretrainConfig, SweepConfig
+from .store import PartStore
 
 
 def run_name(model: str, size: int | None) -> str:
@@ -60,42 +64,48 @@ def pretrain_config(
     )
 
 
+def _run_settings(pcfg: PretrainConfig) -> dict:
+    """What a run's result depends on: its pre-training config, threads aside."""
+    return {k: v for k, v in pcfg.to_dict().items() if k != "threads"}
+
+
+def run_store(folder: str | os.PathLike, pcfg: PretrainConfig) -> PartStore:
+    """The store of finished runs of ``folder`` (a sweep's ``out_dir`` or a shipped sweep), for runs of ``pcfg``."""
+    return PartStore(Path(folder) / "runs", _run_settings(pcfg))
+
+
+def downstream_store(folder: str | os.PathLike, key: dict) -> PartStore:
+    """The store of downstream fine-tunes of ``folder``, for fine-tunes with :func:`downstream_key` ``key``."""
+    return PartStore(Path(folder) / "downstream", key)
+
+
 def _same_config(run_dir: Path, pcfg) -> bool:
     """Whether ``run_dir`` holds (part of) a run of exactly this configuration."""
     try:
         config = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    return all(config.get(k) == v for k, v in pcfg.to_dict().items() if k != "threads")
+    return all(config.get(k) == v for k, v in _run_settings(pcfg).items())
 
 
 def _finished(run_dir: Path, pcfg) -> bool:
     return _same_config(run_dir, pcfg) and (run_dir / "summary.json").exists() and (run_dir / "log.jsonl").exists()
 
 
-#: the files of a run that the sweep table is built from (a cache of finished runs needs only these)
-RUN_FILES = ("config.json", "summary.json", "log.jsonl")
+def _run_part(run_dir: Path) -> dict:
+    """The part of a finished run: the config, summary and evaluation log the engine wrote in ``run_dir``."""
+    return {
+        "config": json.loads((run_dir / "config.json").read_text()),
+        "summary": json.loads((run_dir / "summary.json").read_text()),
+        "log": pd.read_json(run_dir / "log.jsonl", lines=True).to_dict(orient="records"),
+    }
 
 
-def _from_cache(cache: Path, run_dir: Path, pcfg) -> bool:
-    """Copy a finished run of this configuration from ``cache`` (its :data:`RUN_FILES`; no weights) into
-    ``run_dir``; False when the cache has no such run."""
-    import shutil
-
-    src = cache / run_dir.name
-    if not _finished(src, pcfg):
-        return False
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name in RUN_FILES:
-        shutil.copyfile(src / name, run_dir / name)
-    return True
-
-
-def _row(run_dir: Path, model: str, size: int | None, seconds: float, reused: bool) -> dict:
+def _row(part: dict, model: str, size: int | None, seconds: float, reused: bool) -> dict:
     from . import model as cloud_model
 
-    config = json.loads((run_dir / "config.json").read_text())
-    log = pd.read_json(run_dir / "log.jsonl", lines=True)
+    config = part["config"]
+    log = pd.DataFrame(part["log"])
     best = log.loc[log["val_loss"].idxmin()]
     spec = cloud_model.preset(model)
     steps = int(log["step"].iloc[-1])
@@ -133,7 +143,9 @@ def _train_one(cfg: SweepConfig, model: str, size: int | None, n_train: int, run
     t0 = time.perf_counter()
     # resume a half-finished run of this configuration; a run of another one (the sweep changed) starts over
     pretrain(_STRINGS, pcfg, run_dir, resume=_same_config(Path(run_dir), pcfg), progress=False)
-    return _row(Path(run_dir), model, size, time.perf_counter() - t0, reused=False)
+    part = _run_part(Path(run_dir))
+    run_store(Path(run_dir).parent, pcfg).put(Path(run_dir).name, part)
+    return _row(part, model, size, time.perf_counter() - t0, reused=False)
 
 
 def _n_train(strings: list[str], cfg: SweepConfig) -> int:
@@ -153,9 +165,9 @@ def run_sweep(
     """Train every missing (model, data size) run of ``cfg`` and return one row per run.
 
     ``strings`` defaults to the offline pre-training corpus (:func:`cloudlib.corpus.load_pretraining_corpus`).
-    ``cache``: a folder of finished runs (e.g. the committed ``data/sweep/laptop``, see :func:`ship`); a run of the
-    same configuration found there is copied into ``out_dir`` (its :data:`RUN_FILES`, without weights) and
-    reused instead of trained.
+    ``cache``: another sweep folder (e.g. the committed ``data/sweep/laptop``, see :func:`ship`); a finished run of
+    the same configuration found in its store is copied into ``out_dir``'s store (without weights) and reused
+    instead of trained.
     Columns: run, model, n_layer, n_embd, N, D, steps, epochs_seen, val_loss (best), val_acc, best_step,
     val_loss_final, n_val_strings, seconds (training time of this call; 0 for reused runs), reused.
     """
@@ -177,12 +189,18 @@ def run_sweep(
     rows, todo = [], []
     for model in cfg.models:
         for size in cfg.data_sizes:
-            run_dir = out / run_name(model, size)
-            pcfg = pretrain_config(cfg, model, size, n_train)
-            if _finished(run_dir, pcfg) or (cache is not None and _from_cache(Path(cache), run_dir, pcfg)):
-                rows.append(_row(run_dir, model, size, 0.0, reused=True))
+            name, pcfg = run_name(model, size), pretrain_config(cfg, model, size, n_train)
+            store = run_store(out, pcfg)
+            part = store.get(name)
+            if part is None and _finished(out / name, pcfg):  # trained by a version that kept no store
+                part = _run_part(out / name)
+                store.put(name, part)
+            if part is None and cache is not None and (part := run_store(cache, pcfg).get(name)) is not None:
+                store.put(name, part)
+            if part is not None:
+                rows.append(_row(part, model, size, 0.0, reused=True))
             else:
-                todo.append((model, size, str(run_dir)))
+                todo.append((model, size, str(out / name)))
     # the most expensive first, so parallel workers finish together
     from . import model as cloud_model
 
@@ -273,22 +291,28 @@ def downstream(
     (columns scope, ``target``) and score it on ``test``. Returns one row per run (run, N, D, val_loss,
     downstream_mae, seconds, reused) and the Spearman correlation of MLM loss and MAE (NaN with fewer than 3 runs).
 
-    ``cache``: a folder with ``downstream.csv`` and ``downstream.json`` (:func:`ship`); a run scored there with
-    the same fine-tuning config and rows (:func:`downstream_key`) and the same MLM loss is reused, not re-fitted.
+    Each fine-tune is kept in ``sweep_dir``'s downstream store (:func:`downstream_store`); one found there, or in
+    the store of the sweep folder ``cache`` (:func:`ship`), with the same fine-tuning config and rows
+    (:func:`downstream_key`) and the same MLM loss is reused, not re-fitted.
     Raises :class:`~cloudlib.errors.CloudError` when a run must be fitted but its weights are not there (a run
     copied from a cache has none)."""
     from .errors import CloudError
     from .study import FitSpec, run_fits
 
     key = downstream_key(config, train, test, target)
-    cached: dict[str, dict] = {}
-    if cache is not None and (Path(cache) / "downstream.json").is_file():
-        if json.loads((Path(cache) / "downstream.json").read_text()) == key:
-            cached = {r["run"]: r for r in pd.read_csv(Path(cache) / "downstream.csv").to_dict(orient="records")}
+    mine = downstream_store(sweep_dir, key)
+    theirs = downstream_store(cache, key) if cache is not None else None
     rows = []
     for _, r in picks.iterrows():
-        hit = cached.get(r["run"])
-        if hit is not None and abs(float(hit["val_loss"]) - float(r["val_loss"])) < 1e-9:
+        hit = None
+        for store in (mine, theirs):
+            part = store.get(r["run"]) if store is not None else None
+            if part is not None and abs(float(part["row"]["val_loss"]) - float(r["val_loss"])) < 1e-9:
+                hit = part["row"]
+                if store is theirs:
+                    mine.put(r["run"], part)
+                break
+        if hit is not None:
             rows.append(
                 {**{k: hit[k] for k in ("run", "N", "D", "val_loss", "downstream_mae", "seconds")}, "reused": True}
             )
@@ -313,17 +337,16 @@ def downstream(
         (rec,) = run_fits([spec], progress=False)
         if not rec.ok:
             raise CloudError(f"run {r['run']}: the downstream fit failed: {rec.error}", str(encoder))
-        rows.append(
-            {
-                "run": r["run"],
-                "N": r["N"],
-                "D": r["D"],
-                "val_loss": r["val_loss"],
-                "downstream_mae": rec.scores["mae"],
-                "seconds": round(rec.seconds, 1),
-                "reused": False,
-            }
-        )
+        row = {
+            "run": r["run"],
+            "N": int(r["N"]),
+            "D": int(r["D"]),
+            "val_loss": float(r["val_loss"]),
+            "downstream_mae": float(rec.scores["mae"]),
+            "seconds": round(rec.seconds, 1),
+        }
+        mine.put(r["run"], {"row": row})
+        rows.append({**row, "reused": False})
     table = pd.DataFrame(rows, columns=["run", "N", "D", "val_loss", "downstream_mae", "seconds", "reused"])
     rho = (
         float(table[["val_loss", "downstream_mae"]].corr(method="spearman").iloc[0, 1])
@@ -338,25 +361,20 @@ def ship(
     sweep_dir: str | os.PathLike,
     dest: str | os.PathLike,
     down: pd.DataFrame | None = None,
-    down_key: dict | None = None,
     provenance: dict | None = None,
 ) -> Path:
-    """Write a sweep as data: each run's :data:`RUN_FILES` (no weights) under ``dest/<run>/``, ``runs.csv``,
-    the downstream table and its key (``downstream.csv`` / ``downstream.json``) and ``provenance.json``;
-    :func:`run_sweep` and :func:`downstream` reuse them through their ``cache`` argument."""
-    import shutil
-
-    from .io import write_csv, write_json
+    """Write a sweep as data: the stored parts of ``runs`` (config, summary, log; no weights) under ``dest/runs/``,
+    those of the downstream fine-tunes in ``down`` under ``dest/downstream/``, ``runs.csv`` (the table, for
+    reading) and ``provenance.json``; :func:`run_sweep` and :func:`downstream` reuse them through their ``cache``
+    argument."""
+    from .io import write_bytes, write_csv, write_json
 
     dest = Path(dest)
-    for run in runs["run"]:
-        (dest / run).mkdir(parents=True, exist_ok=True)
-        for name in RUN_FILES:
-            shutil.copyfile(Path(sweep_dir) / run / name, dest / run / name)
+    for sub, names in (("runs", runs["run"]), ("downstream", [] if down is None else down["run"])):
+        for name in names:
+            src = PartStore(Path(sweep_dir) / sub, None).path(name)
+            write_bytes(dest / sub / src.name, src.read_bytes())
     write_csv(dest / "runs.csv", runs, index=False)
-    if down is not None and down_key is not None:
-        write_csv(dest / "downstream.csv", down.drop(columns=["reused"], errors="ignore"), index=False)
-        write_json(dest / "downstream.json", down_key)
     if provenance is not None:
         write_json(dest / "provenance.json", provenance)
     return dest

@@ -7,8 +7,9 @@ draws every figure from them. This command makes them, resumably (re-running it 
     python scripts/ship_sweep.py [--preset laptop] [--jobs 2] [--work runs/sweep-laptop] [--dest data/sweep/laptop]
 
 The downstream fine-tuning settings are read from ``params/<profile>.yaml`` (section ``04_scaling``) so the
-notebook's key matches. Writes each run's config / summary / log (no weights), ``runs.csv``, ``downstream.csv``
-with its key, and ``provenance.json`` (sweep config, corpus sha256, wall times, machine).
+notebook's key matches. Writes the parts of the sweep's stores (each run's config / summary / log under ``runs/``, no
+weights; each downstream fine-tune under ``downstream/``, stamped with its key), ``runs.csv`` and ``provenance.json``
+(sweep config, corpus sha256, wall times, machine).
 """
 
 from __future__ import annotations
@@ -76,14 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
         "date": time.strftime("%Y-%m-%d"),
     }
-    dest = sweep.ship(
-        runs,
-        args.work,
-        args.dest,
-        down=down,
-        down_key=down_key,
-        provenance=provenance,
-    )
+    dest = sweep.ship(runs, args.work, args.dest, down=down, provenance=provenance)
     print(f"sweep {sweep_wall:.0f} s, downstream {down_wall:.0f} s -> {dest}")
     return 0
 

@@ -77,7 +77,12 @@ def test_sweep_caches_resumes_and_is_deterministic(strings, tmp_path):
     again = run_sweep(cfg, tmp_path, strings=strings, progress=False)
     assert again["reused"].all() and (again["seconds"] == 0).all()
     pd.testing.assert_series_equal(first["val_loss"], again["val_loss"])
-    shutil.rmtree(tmp_path / run_name("L1xD32", 100))  # a lost run is retrained, alone, to the same loss
+    lost = run_name("L1xD32", 100)
+    (tmp_path / "runs" / f"{lost}.json").unlink()  # a lost part of a run still in its folder: read from there
+    assert run_sweep(cfg, tmp_path, strings=strings, progress=False)["reused"].all()
+    assert (tmp_path / "runs" / f"{lost}.json").is_file()
+    shutil.rmtree(tmp_path / lost)  # a lost run (part and folder) is retrained, alone, to the same loss
+    (tmp_path / "runs" / f"{lost}.json").unlink()
     third = run_sweep(cfg, tmp_path, strings=strings, progress=False)
     assert int((~third["reused"]).sum()) == 1
     assert third.loc[third["run"] == run_name("L1xD32", 100), "val_loss"].item() == pytest.approx(
@@ -115,16 +120,21 @@ def test_shipped_sweep_is_reused_without_weights_and_downstream_from_its_key(str
     picks = sweep.corner_runs(runs, 3)
     down, _ = sweep.downstream(picks, tmp_path / "work", ft, train, test)
     assert not down["reused"].any() and down["downstream_mae"].notna().all()
-    key = sweep.downstream_key(ft, train, test, "n")
-    shipped = sweep.ship(runs, tmp_path / "work", tmp_path / "data", down=down, down_key=key, provenance={"x": 1})
+    shipped = sweep.ship(runs, tmp_path / "work", tmp_path / "data", down=down, provenance={"x": 1})
     assert not list(shipped.rglob("*.safetensors")) and (shipped / "runs.csv").is_file()
+    assert sorted(p.name for p in (shipped / "downstream").iterdir()) == sorted(f"{r}.json" for r in picks["run"])
+    # the work folder's own stores serve a rerun there: nothing is trained or fitted again
+    rerun = run_sweep(cfg, tmp_path / "work", strings=strings, progress=False)
+    down1, _ = sweep.downstream(picks, tmp_path / "work", ft, train, test)
+    assert rerun["reused"].all() and down1["reused"].all()
+    np.testing.assert_array_equal(down1["downstream_mae"], down["downstream_mae"])
 
     again = run_sweep(cfg, tmp_path / "fresh", strings=strings, progress=False, cache=shipped)
     assert again["reused"].all()
     pd.testing.assert_series_equal(again["val_loss"], runs["val_loss"])
     down2, _ = sweep.downstream(picks, tmp_path / "fresh", ft, train, test, cache=shipped)
     assert down2["reused"].all()
-    np.testing.assert_allclose(down2["downstream_mae"], down["downstream_mae"], rtol=1e-12)  # CSV round trip
+    np.testing.assert_array_equal(down2["downstream_mae"], down["downstream_mae"])  # JSON parts: exact
     with pytest.raises(CloudError, match="no encoder weights"):  # other settings: must fit, and cannot
         sweep.downstream(picks, tmp_path / "fresh", ft.replace(epochs=2), train, test, cache=shipped)
     with pytest.raises(CloudError, match="no encoder weights"):  # other rows
