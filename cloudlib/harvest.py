@@ -6,8 +6,9 @@ OPTIMADE providers. :func:`harvest` does that for one provider (one base URL) an
 * it asks only for the fields needed to rebuild a structure (:data:`RESPONSE_FIELDS`), follows
   ``links.next`` page by page, converts each entry with the ``optimade`` package's own pymatgen
   adapter (:func:`entry_to_structure`) and then to SCOPE with :func:`cloudlib.scope.structure_to_scope`;
-* every page is written atomically to ``out_dir`` as ``part-NNNNNN.csv.gz`` (columns
-  :data:`COLUMNS`) and only afterwards ``state.json`` is replaced with the next URL and the counts.
+* every page is written atomically to ``out_dir`` as ``page-NNNNNN.json.gz``, one part of the harvest's
+  :class:`~cloudlib.store.PartStore` (its URL and rows, columns :data:`COLUMNS`, stamped with the endpoint,
+  filter and variant), and only afterwards ``state.json`` is replaced with the next URL and the counts.
   A rerun with the same ``out_dir`` continues from the saved next URL, so an interrupted harvest
   loses at most the page it was working on and never duplicates rows (a part left by a crash
   between the two writes is simply rewritten). A finished harvest re-run makes no request and
@@ -71,8 +72,9 @@ from .errors import (
     StructureParseError,
     UnknownSpeciesError,
 )
-from .io import write_csv, write_json
+from .io import write_json
 from .scope import VARIANTS, structure_to_scope
+from .store import PartStore
 
 __all__ = [
     "COLUMNS",
@@ -108,7 +110,7 @@ DEFAULT_PAGE_LIMIT = 100
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRIES = 2
 STATE_FILE = "state.json"
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 1: pages were part-NNNNNN.csv.gz files (moved into the store when such a folder is opened)
 
 _VERSION_SEGMENT = re.compile(r"^v\d+(\.\d+){0,2}$")
 _RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -526,13 +528,35 @@ def _page_rows(doc: dict, url: str, provider: str, variant: str) -> pd.DataFrame
 # --------------------------------------------------------------------------- state & parts
 
 
-def _part_name(index: int) -> str:
-    return f"part-{index:06d}.csv.gz"
+def _page_key(index: int) -> str:
+    return f"page-{index:06d}"
 
 
-def _read_part(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    return df.reindex(columns=COLUMNS, fill_value="")
+def _pages(out_dir: Path, state: dict) -> PartStore:
+    """The store of a harvest's pages (valid for its endpoint, filter and variant)."""
+    settings = {"endpoint": state["endpoint"], "filter": state.get("filter") or "", "variant": state["variant"]}
+    return PartStore(out_dir, settings, compress=True)
+
+
+def _frame(rows: dict) -> pd.DataFrame:
+    return pd.DataFrame(rows, dtype=str).reindex(columns=COLUMNS, fill_value="").fillna("")
+
+
+def _migrate_csv_parts(out_dir: Path, state: dict) -> dict:
+    """Move the pages of a harvest folder of state format 1 (``part-NNNNNN.csv.gz``) into the store, once."""
+    pages = _pages(out_dir, state)
+    for i in range(int(state["pages"])):
+        path = out_dir / f"part-{i:06d}.csv.gz"
+        if path.is_file():
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False).reindex(
+                columns=COLUMNS, fill_value=""
+            )
+            pages.put(_page_key(i), {"url": None, "rows": df.to_dict(orient="list")})
+    for path in out_dir.glob("part-*.csv.gz"):
+        path.unlink()
+    state = {**state, "format": STATE_FORMAT}
+    write_json(out_dir / STATE_FILE, state)
+    return state
 
 
 def load_harvest(out_dir: str | Path) -> pd.DataFrame:
@@ -549,14 +573,18 @@ def load_harvest(out_dir: str | Path) -> pd.DataFrame:
 
 
 def _load_parts(out_dir: Path, state: dict) -> pd.DataFrame:
-    frames = []
+    if state.get("format", 1) < STATE_FORMAT:
+        state = _migrate_csv_parts(out_dir, state)
+    pages, frames = _pages(out_dir, state), []
     for i in range(int(state["pages"])):
-        path = out_dir / _part_name(i)
-        if not path.is_file():
+        page = pages.get(_page_key(i))
+        if page is None:
             raise DataError(
-                f"harvest part {path.name} is missing although state.json counts {state['pages']} pages", str(out_dir)
+                f"harvest page {pages.path(_page_key(i)).name} is missing, damaged or of another harvest although "
+                f"state.json counts {state['pages']} pages",
+                str(out_dir),
             )
-        frames.append(_read_part(path))
+        frames.append(_frame(page["rows"]))
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=str) for c in COLUMNS})
     df = pd.concat(frames, ignore_index=True)
@@ -603,6 +631,8 @@ def _load_state(out_dir: Path, endpoint: str, filter: str | None, variant: str, 
             f"folder holds another harvest (endpoint, filter, variant) = {theirs}, not {ours}; use another out_dir",
             str(out_dir),
         )
+    if state.get("format", 1) < STATE_FORMAT:
+        state = _migrate_csv_parts(out_dir, state)
     return state
 
 
@@ -633,7 +663,7 @@ def harvest(
 
     Parameters:
         base_url: provider base URL (``https://host/path``; ``/v1`` or ``/v1/structures`` may be included).
-        out_dir: folder for ``part-NNNNNN.csv.gz`` files and ``state.json``; rerunning with the same
+        out_dir: folder for ``page-NNNNNN.json.gz`` files and ``state.json``; rerunning with the same
             folder resumes (same ``base_url``, ``filter`` and ``variant`` required).
         filter: OPTIMADE filter, e.g. ``'elements HAS "Si"'`` or ``"nelements=2"``; validated locally
             with the OPTIMADE grammar before any request.
@@ -729,7 +759,7 @@ def harvest(
                 nxt = None  # an empty page ends the listing, whatever links.next says
             if doc["data"]:
                 rows = _page_rows(doc, url, state["provider"], variant)
-                write_csv(out_dir / _part_name(state["pages"]), rows, index=False)
+                _pages(out_dir, state).put(_page_key(state["pages"]), {"url": url, "rows": rows.to_dict(orient="list")})
                 n_ok = int((rows["error"] == "").sum())
                 state["pages"] += 1
                 state["rows"] += len(rows)

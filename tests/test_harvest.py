@@ -19,6 +19,7 @@ No network beyond loopback; every wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import http.server
 import json
 import os
@@ -317,12 +318,12 @@ def test_interrupt_and_resume_equals_uninterrupted(curated, tmp_path):
     part = harvest(base, out, page_limit=3, max_structures=6, progress=False)  # stops after 2 pages
     state = json.loads((out / "state.json").read_text())
     assert len(part) == 6 and state["pages"] == 2 and not state["complete"] and state["next_url"]
-    first_part_mtime = (out / "part-000000.csv.gz").stat().st_mtime_ns
+    first_part_mtime = (out / "page-000000.json.gz").stat().st_mtime_ns
 
     resumed = harvest(base, out, page_limit=3, progress=False)
     pd.testing.assert_frame_equal(resumed, full)
     assert resumed["id"].is_unique
-    assert (out / "part-000000.csv.gz").stat().st_mtime_ns == first_part_mtime  # not fetched again
+    assert (out / "page-000000.json.gz").stat().st_mtime_ns == first_part_mtime  # not fetched again
 
     # a finished harvest is a no-op: no request (the server could be gone), same table, files untouched
     state_mtime = (out / "state.json").stat().st_mtime_ns
@@ -353,10 +354,40 @@ def test_crash_between_part_and_state_does_not_duplicate(curated, tmp_path, monk
         harvest(base, out, page_limit=4, progress=False)
     monkeypatch.setattr(hv, "write_json", real_write_json)
     assert json.loads((out / "state.json").read_text())["pages"] == 1
-    assert (out / "part-000001.csv.gz").exists()  # the orphan part
+    assert (out / "page-000001.json.gz").exists()  # the orphan page
 
     resumed = harvest(base, out, page_limit=4, progress=False)
     pd.testing.assert_frame_equal(resumed, full)
+
+
+def test_folder_of_the_csv_format_moves_into_the_store_once(curated, tmp_path):
+    """A harvest folder written before pages were store parts (state format 1, ``part-NNNNNN.csv.gz``)
+    loads the same table, is converted once, and a resume continues from it."""
+    base, _ = curated
+    full = harvest(base, tmp_path / "full", page_limit=3, progress=False)
+    out = tmp_path / "old"
+    harvest(base, out, page_limit=3, max_structures=6, progress=False)  # 2 pages, not complete
+    state = json.loads((out / "state.json").read_text())
+    for i in range(state["pages"]):  # rewrite it as format 1 wrote it
+        page = json.loads(gzip.decompress((out / f"page-{i:06d}.json.gz").read_bytes()))
+        pd.DataFrame(page["rows"]).to_csv(out / f"part-{i:06d}.csv.gz", index=False)
+        (out / f"page-{i:06d}.json.gz").unlink()
+    (out / "state.json").write_text(json.dumps({**state, "format": 1}))
+
+    part = load_harvest(out)
+    pd.testing.assert_frame_equal(part, full.iloc[:6])
+    assert not list(out.glob("part-*")) and len(list(out.glob("page-*.json.gz"))) == 2
+    assert json.loads((out / "state.json").read_text())["format"] == hv.STATE_FORMAT
+    pd.testing.assert_frame_equal(harvest(base, out, page_limit=3, progress=False), full)
+
+
+def test_damaged_page_is_a_typed_error(curated, tmp_path):
+    base, _ = curated
+    out = tmp_path / "h"
+    harvest(base, out, page_limit=3, progress=False)
+    (out / "page-000001.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="page-000001.json.gz is missing, damaged"):
+        load_harvest(out)
 
 
 def test_other_harvest_in_same_folder_is_refused(bundled, tmp_path):
