@@ -9,7 +9,7 @@ README's "Architecture"):
 * data: ``matbench_data``, ``corpus``, ``inputs``, ``harvest`` (OPTIMADE), ``unconvbench``, ``phonons`` (CHGNet);
 * models: ``model`` (encoder and heads), ``engine`` (the one training loop), ``baselines``;
 * objectives: ``pretrain`` (MLM), ``finetune`` (a property), ``cloud_debye`` (Cv(T) heads), ``evaluation``;
-* studies: ``predictor``, ``matbench_run``, ``sweep``, ``debye_benchmark``, ``scope_analysis``,
+* studies: ``predictor``, ``finetune_studies``, ``sweep``, ``debye_studies``, ``scope_analysis``,
   ``encoder_analysis``;
 * interfaces: ``runner`` (papermill), ``cli`` (``python -m cloudlib``).
 

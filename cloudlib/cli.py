@@ -313,7 +313,7 @@ def _cmd_pretrain(args) -> int:
 
 def _cmd_matbench(args) -> int:
     from .config import preset
-    from .matbench_run import MODELS, run_matbench, summarise
+    from .finetune_studies import MODELS, run_matbench, summarise
     from .paths import output_dirs
 
     unknown = set(args.models) - set(MODELS)
@@ -321,7 +321,7 @@ def _cmd_matbench(args) -> int:
         raise UsageError(f"unknown models {sorted(unknown)}; choose from {list(MODELS)}")
     config = preset("finetune", args.preset, **_overrides(args.set))
     if args.tasks == ["offline"] or args.tasks[0].startswith("offline:"):
-        from .matbench_run import run_offline
+        from .finetune_studies import run_offline
 
         tasks = None if args.tasks == ["offline"] else [t.removeprefix("offline:") for t in args.tasks]
         out_dir = args.out or "data/multitask"

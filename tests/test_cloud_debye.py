@@ -320,7 +320,7 @@ def test_mixture_thermodynamics_identities():
 
 def test_fit_physics_on_mixed_rows(cv_data):
     from cloudlib import phonons
-    from cloudlib.debye_benchmark import combined_training_set, mae_by_band, split_curves
+    from cloudlib.debye_studies import combined_training_set, mae_by_band, split_curves
 
     train, _ = cv_data
     usable = phonons.usable_curves(phonons.load_table()[0])
@@ -379,16 +379,16 @@ def test_shipped_ensemble_serves_the_laptop_main_job_without_training():
 
     import yaml
 
-    from cloudlib import debye_benchmark as db
+    from cloudlib import debye_studies as ds
 
     root = Path(__file__).resolve().parent.parent
     params = yaml.safe_load((root / "params" / "laptop.yaml").read_text())["05_debye"]
     folder = root / params["ensemble_from"]
     cfg = preset("debye", params["preset"], seed=0)
     train = pd.read_csv(need("cloud/cloud_cv_train_and_val.csv"))
-    assert db.reusable_ensemble(folder, train, cfg, params["ensemble_k"], 0.9) == ""
-    assert "another config" in db.reusable_ensemble(folder, train, cfg.replace(lr=1e-4), 5, 0.9)
-    assert "another config" in db.reusable_ensemble(folder, train, cfg.replace(seed=1), 5, 0.9)
-    assert "rows" in db.reusable_ensemble(folder, train.head(100), cfg, 5, 0.9)
-    assert "members" in db.reusable_ensemble(folder, train, cfg, 3, 0.9)
-    assert "no readable" in db.reusable_ensemble(root / "models" / "cloud-laptop", train, cfg, 5, 0.9)
+    assert ds.reusable_ensemble(folder, train, cfg, params["ensemble_k"], 0.9) == ""
+    assert "another config" in ds.reusable_ensemble(folder, train, cfg.replace(lr=1e-4), 5, 0.9)
+    assert "another config" in ds.reusable_ensemble(folder, train, cfg.replace(seed=1), 5, 0.9)
+    assert "rows" in ds.reusable_ensemble(folder, train.head(100), cfg, 5, 0.9)
+    assert "members" in ds.reusable_ensemble(folder, train, cfg, 3, 0.9)
+    assert "no readable" in ds.reusable_ensemble(root / "models" / "cloud-laptop", train, cfg, 5, 0.9)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import need_call
 
-from cloudlib import matbench_run as mr
+from cloudlib import finetune_studies as fs
 from cloudlib import study
 from cloudlib.config import preset
 from cloudlib.evaluation import fit_scores, regression_metrics
@@ -139,7 +139,7 @@ def test_committed_seeded_folds_and_scores_are_reproduced():
     from cloudlib.offline_data import load_offline_task
 
     df = need_call(load_offline_task, "jarvis_supercon_tc")
-    folds = mr.offline_task_folds("jarvis_supercon_tc", df.index)
+    folds = fs.offline_task_folds("jarvis_supercon_tc", df.index)
     for f in range(5):
         for model in ("cloud", "rf_magpie"):
             part = json.loads((PARTS / f"jarvis_supercon_tc__{model}__fold{f}.json").read_text())

@@ -229,7 +229,7 @@ def test_run_unconvbench_with_local_data_and_skips_what_is_missing(env):
     """The runner fine-tunes and scores an UnconvBench task it can read (here: a local copy), and skips,
     naming the figshare record, one it cannot."""
     from cloudlib.config import preset
-    from cloudlib.matbench_run import run_unconvbench
+    from cloudlib.finetune_studies import run_unconvbench
 
     mirror, _ = env
     blob, ys = _ub_json(ub.TASKS["defected"].n)

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from conftest import need_call
 
+from cloudlib import finetune_studies as fs
 from cloudlib import matbench_data
-from cloudlib import matbench_run as mr
 from cloudlib.config import preset
 from cloudlib.predictor import load_predictor
 
@@ -30,7 +30,7 @@ def test_results_file_rescored_by_matbench(tmp_path, truth):
     from matbench.bench import MatbenchBenchmark
     from matbench.data_ops import score_array
 
-    folds = mr.run_matbench(
+    folds = fs.run_matbench(
         [DIELECTRIC],
         preset("finetune", "smoke"),
         models=("RF-Magpie", "Dummy"),
@@ -53,9 +53,9 @@ def test_results_file_rescored_by_matbench(tmp_path, truth):
             assert np.abs(ours["prediction"] - ours["target"]).mean() == pytest.approx(
                 stored["scores"]["mae"], rel=1e-9
             )
-        reread = mr.reread_scores(tmp_path / f"matbench_smoke_{slug}.json", DIELECTRIC)
+        reread = fs.reread_scores(tmp_path / f"matbench_smoke_{slug}.json", DIELECTRIC)
         assert reread == pytest.approx(folds[folds["model"] == model].set_index("fold")["mae"].to_dict(), rel=1e-12)
-    s = mr.summarise(folds)
+    s = fs.summarise(folds)
     rf, dummy = s.loc[(DIELECTRIC, "RF-Magpie"), "mae_mean"], s.loc[(DIELECTRIC, "Dummy"), "mae_mean"]
     assert dummy == pytest.approx(0.8088, abs=5e-4)  # the leaderboard's Dummy on matbench_dielectric
     assert rf < 0.7 * dummy  # a real, failable check that the baseline learns something
@@ -66,7 +66,7 @@ def test_cloud_fold_exported_as_the_predictor_it_recorded(tmp_path, truth):
     the laptop job runs): the predictor exported by its worker reproduces the recorded predictions, knows its
     target, records the encoder relative to the repository, and the configs say what was pre-trained."""
     cfg = preset("finetune", "smoke", epochs=1, batch_size=64)
-    folds = mr.run_matbench(
+    folds = fs.run_matbench(
         [DIELECTRIC],
         cfg,
         models=("CLOUD", "CLOUD-scratch", "Dummy"),
@@ -81,7 +81,7 @@ def test_cloud_fold_exported_as_the_predictor_it_recorded(tmp_path, truth):
     folds = folds[folds["model"] != "Dummy"]
     preds = pd.read_csv(tmp_path / "matbench_smoke_predictions.csv.gz")
     cloud = preds[preds["model"] == "CLOUD"]
-    table = mr.task_table(DIELECTRIC)
+    table = fs.task_table(DIELECTRIC)
     fitted = load_predictor(tmp_path / "exported")
     again = fitted.predict(list(table.loc[cloud["id"], "scope"]))
     np.testing.assert_allclose(again, cloud["prediction"], rtol=1e-6)
@@ -91,7 +91,7 @@ def test_cloud_fold_exported_as_the_predictor_it_recorded(tmp_path, truth):
     scratch = json.loads((tmp_path / "matbench_smoke_cloud_scratch.json").read_text())
     assert scratch["user_metadata"]["config"]["pretrained"] is False
     assert (folds.set_index("model")["mae"] < 0.8088).all()  # both beat the dummy even after 1 epoch
-    gain = mr.pretraining_gain(folds)
+    gain = fs.pretraining_gain(folds)
     assert gain["folds"] == 1 and gain["mean"] == pytest.approx(
         folds.set_index("model").loc["CLOUD-scratch", "mae"] - folds.set_index("model").loc["CLOUD", "mae"]
     )
@@ -105,7 +105,7 @@ def test_leave_one_group_out(truth):
         np.where(np.arange(len(ids)) % 3 == 0, "a", np.where(np.arange(len(ids)) % 3 == 1, "b", "c")), index=ids
     )
     groups.iloc[:40] = "tiny"  # too small to be held out: always trained on
-    ood = mr.run_ood(groups, DIELECTRIC, preset("finetune", "smoke"), models=("Dummy",), min_test=100, progress=False)
+    ood = fs.run_ood(groups, DIELECTRIC, preset("finetune", "smoke"), models=("Dummy",), min_test=100, progress=False)
     assert list(ood["held_out"]) == ["a", "b", "c"]
     for _, row in ood.iterrows():
         test = groups.index[groups == row["held_out"]]
@@ -124,13 +124,13 @@ def test_pretraining_gain_and_reference_table():
             "seconds": 1.0,
         }
     )
-    gain = mr.pretraining_gain(folds)
+    gain = fs.pretraining_gain(folds)
     assert gain["per_fold"] == pytest.approx({0: 0.1, 1: -0.05})
     assert gain["mean"] == pytest.approx(0.025) and gain["folds_improved"] == 1
     assert gain["relative"] == pytest.approx(1 - 0.4 / 0.425)
-    assert mr.pretraining_gain(folds[folds["model"] == "CLOUD"]) == {}
+    assert fs.pretraining_gain(folds[folds["model"] == "CLOUD"]) == {}
     ref = pd.DataFrame({"model": ["paper"], "mae": [0.35], "source": ["x"]})
-    bars = mr.compare_with_reference(mr.summarise(folds), ref)
+    bars = fs.compare_with_reference(fs.summarise(folds), ref)
     assert list(bars["model"]) == ["paper", "this project: CLOUD", "this project: CLOUD-scratch"]
     assert list(bars["kind"]) == ["reference", "ours", "ours"] and bars["err"].iloc[0] == 0
 
@@ -172,7 +172,7 @@ def test_cli(tmp_path, truth):
 
 def test_offline_multitask_table_labels_resume_and_record(tmp_path, monkeypatch):
     """Two real offline tasks (one official-partial, one seeded) x four models, tiny settings; resumable."""
-    from cloudlib.matbench_run import offline_task_folds
+    from cloudlib.finetune_studies import offline_task_folds
     from cloudlib.offline_data import OFFLINE_TASKS
 
     monkeypatch.setenv("CLOUD_HOME", str(tmp_path / "home"))  # derived caches in a scratch tree
@@ -180,7 +180,7 @@ def test_offline_multitask_table_labels_resume_and_record(tmp_path, monkeypatch)
     tasks = ["matbench_jdft2d", "jarvis_supercon_tc"]
     models = ("CLOUD", "RF-Magpie", "Dummy")  # CLOUD-scratch takes CLOUD's code path
     kw = dict(models=models, out_dir=tmp_path / "mt", name="t", progress=False, limit=150)
-    table = need_call(mr.run_offline, tasks, cfg, **kw)
+    table = need_call(fs.run_offline, tasks, cfg, **kw)
     assert set(table["task"]) == set(tasks) and set(table["model"]) == set(models)
     jd = table[table["task"] == "matbench_jdft2d"]
     assert sorted(jd["fold"].unique()) == [1, 2, 3, 4] and (jd["n_train"] == 381).all() and (jd["n_test"] == 127).all()
@@ -206,13 +206,13 @@ def test_offline_multitask_table_labels_resume_and_record(tmp_path, monkeypatch)
 
     for m in models:
         monkeypatch.setitem(study.FIT_FUNCTIONS, m, lambda *a, **k: pytest.fail("refitted a finished fold"))
-    again = mr.run_offline(tasks, cfg, **kw)
+    again = fs.run_offline(tasks, cfg, **kw)
     pd.testing.assert_frame_equal(again, table)
     assert again.attrs["missing"] == [] and record["metadata"]["complete"] is True
     # collect mode: with two parts gone, the table is written from what is there and names what is missing
     for part in ("matbench_jdft2d__cloud__fold3.json", "jarvis_supercon_tc__dummy__fold0.json"):
         (tmp_path / "mt" / "parts" / "t" / part).unlink()
-    partial = mr.run_offline(tasks, cfg, fit_missing=False, **kw)
+    partial = fs.run_offline(tasks, cfg, fit_missing=False, **kw)
     assert partial.attrs["missing"] == ["matbench_jdft2d/CLOUD/fold3", "jarvis_supercon_tc/Dummy/fold0"]
     assert len(partial) == len(table) - 2
     pd.testing.assert_frame_equal(

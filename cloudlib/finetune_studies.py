@@ -1,4 +1,8 @@
-"""MatBench with the official protocol: every fold, ``task.record(...)``, MatbenchBenchmark's own file format.
+"""The fine-tuning studies of notebook 03: MatBench with the official protocol, leave-one-group-out (OOD),
+UnconvBench and the offline multi-task table, each a list of :class:`cloudlib.study.FitSpec` for
+:func:`cloudlib.study.run_fits`, and their analyses.
+
+MatBench with the official protocol: every fold, ``task.record(...)``, MatbenchBenchmark's own file format.
 
 :func:`run_matbench` fine-tunes CLOUD on each official training fold (validation carved out of the training
 fold only), predicts the fold's test set and records it in a ``matbench.MatbenchBenchmark``, which scores it

@@ -1,4 +1,4 @@
-"""The CLOUD-DEBYE study of notebook 05, as functions: the authors' split, our CHGNet curves, the audit,
+"""The CLOUD-DEBYE studies of notebook 05, as functions: the authors' split, our CHGNet curves, the audit,
 corundum against experiment, and the explorer's table.
 
 * :func:`authors_split` and :func:`theta_label_summary` -- the authors' Cv(300 K) data and the Debye
