@@ -2,7 +2,8 @@
 
     python -m benchmarks scope [--n 1000] [--repeats 3]      # SCOPE + tokenizer
     python -m benchmarks tokenizer [--n 10000]
-    python -m benchmarks pretrain [--model mini] [--batch-size 128] [--steps 20] [--repeats 3]
+    python -m benchmarks pretrain [--model mini] [--batch-size 128] [--steps 20] [--repeats 3] [--no-levers]
+    python -m benchmarks finetune [--model mini] [--batch-size 32] [--steps 20] [--repeats 3] [--no-levers]
     python -m benchmarks overlap [--sizes 8000 64000]            # overlapping-atoms check: memory, time
 
 (from the repository root; the benchmarks are not part of the installed package).
@@ -34,7 +35,16 @@ gradient clipping at 1.0:
   row, step-seeded masks, the MLM head on masked positions only; in fp32 and under bf16 autocast (bf16
   runs where it is native: CUDA, CPUs with AVX512-BF16 / AMX).
 
-Both setups take the same batches of strings (grouping does not change the authors' cost: every row is 64).
+On a CPU, three more cloudlib setups in the last precision measure the levers of issue 24 one at a time:
+**before** (the engine before it: torch's ``bernoulli_`` dropout and SDPA attention, foreach AdamW), **+fast
+dropout** (:data:`cloudlib.engine.CPU_DROPOUT` = "fast": masks from 16 random bits per element, attention
+probabilities dropped in :func:`cloudlib.engine.cloud_attention`) and **+fused AdamW**; "cloudlib bf16" is the
+engine with its defaults as they are now, and the ratios ``... / before`` compare each with the engine before.
+
+``finetune`` (:func:`bench_finetune`) times the engine's fine-tuning step (``[CLS]`` -> MLP head, L1) the same
+way, against the authors' shapes (every batch padded to 64 positions, fp32, torch dropout) instead of their code.
+
+All setups take the same batches of strings (grouping does not change the authors' cost: every row is 64).
 A step's clock covers batch preparation and forward + backward + clip + AdamW + schedule (in the main process,
 as with ``dataloader_num_workers=0``); the authors' batch preparation is also reported alone. Throughput counts
 **real (non-pad) tokens only**. MFU = real tokens/s x ``flops_per_token(cfg, N, mean real length)`` / a peak
@@ -237,6 +247,84 @@ def _same_batches(lengths, batch_size: int, n: int, seed: int, bucket_batches: i
     return batches[:n]
 
 
+def _interleaved(setups: dict, batches: list, warmup: int, repeats: int, peak_sizes, peak_reps: int, device):
+    """Run every setup's step function over the same batches, ``repeats`` times interleaved (so drift in machine
+    load hits every setup alike), and the fp32 / bf16 matmul peaks after each repeat. A step function takes
+    (step number, batch index) and returns (preparation seconds, real tokens, padded tokens, loss). Returns
+    (seconds of the timed steps per repeat, per-setup stats of the last repeat, fp32 peak, bf16 peak)."""
+    import torch
+
+    total = {k: [] for k in setups}
+    stats: dict[str, dict] = {}
+    peak: dict[int, float] = {}
+    peak_bf16: dict[int, float] = {}
+    step_no = {k: 0 for k in setups}
+    for _ in range(repeats):
+        for name, step_fn in setups.items():
+            for index in batches[:warmup]:
+                step_fn(step_no[name], index)
+                step_no[name] += 1
+            t_start, prep, real, padded, losses = time.perf_counter(), 0.0, 0, 0, []
+            for index in batches[warmup:]:
+                p, r, pad, loss = step_fn(step_no[name], index)
+                step_no[name] += 1
+                prep, real, padded = prep + p, real + r, padded + pad
+                losses.append(loss)
+            total[name].append(time.perf_counter() - t_start)
+            stats[name] = {"real": real, "padded": padded, "loss": sum(losses) / len(losses), "prep_s": prep}
+        for n, f in _matmul_flops(torch.float32, peak_sizes, peak_reps, device).items():
+            peak[n] = max(peak.get(n, 0.0), f)
+        for n, f in _matmul_flops(torch.bfloat16, peak_sizes, peak_reps, device).items():
+            peak_bf16[n] = max(peak_bf16.get(n, 0.0), f)
+    return total, stats, peak, peak_bf16
+
+
+def _levers(precisions, device, levers: bool) -> dict[str, tuple[str, str, bool]]:
+    """Setup name -> (precision, dropout implementation, fused AdamW): the engine as it is in each precision,
+    and, on a CPU with ``levers``, in the last precision the engine before issue 24 (torch dropout, foreach
+    AdamW) and each lever alone."""
+    from cloudlib import engine
+
+    engine_dropout, engine_fused = engine.dropout_impl(device), device.type == "cuda" or engine.CPU_FUSED_ADAMW
+    variants = {f"cloudlib {p}": (p, engine_dropout, engine_fused) for p in precisions}
+    if levers and device.type == "cpu":
+        last = precisions[-1]
+        variants[f"cloudlib {last} before"] = (last, "torch", False)
+        variants[f"cloudlib {last} +fast dropout"] = (last, "fast", False)
+        variants[f"cloudlib {last} +fused AdamW"] = (last, "torch", True)
+    return variants
+
+
+def _lever_ratios(rate: dict, precisions) -> dict:
+    last, out = precisions[-1], {}
+    before = f"cloudlib {last} before"
+    if before in rate:
+        for name in rate:
+            if name.startswith(f"cloudlib {last}") and name != before:
+                out[f"{name} / before"] = round(rate[name] / rate[before], 3)
+    return out
+
+
+def _profile(setups: dict, names, batches: list, steps: int, top: int = 10) -> dict:
+    """The top operations by self CPU time of ``steps`` steps of each named setup (torch.profiler), each with its
+    share of the profiled time and its calls per step: where a step's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for name in names:
+        step_fn = setups[name]
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for i, index in enumerate(batches[:steps]):
+                step_fn(10_000 + i, index)
+        events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+        total = sum(e.self_cpu_time_total for e in events)
+        events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+        out[name] = {
+            e.key: f"{100 * e.self_cpu_time_total / total:.1f} % ({e.count / steps:g} calls/step)" for e in events[:top]
+        }
+    return out
+
+
 def bench_pretrain(
     model: str = "mini",
     batch_size: int = 128,
@@ -249,6 +337,8 @@ def bench_pretrain(
     peak_reps: int = 2,
     seed: int = 0,
     precisions: tuple[str, ...] | None = None,
+    levers: bool = True,
+    profile: int = 0,
 ) -> dict:
     """Training tokens/s (real tokens), ratio and MFU of the authors' MLM pipeline and cloudlib's, one run.
 
@@ -257,7 +347,8 @@ def bench_pretrain(
     transformers 5 default and cloudlib's, or "eager"); ``peak_sizes`` are the matmul sizes of the peak
     (default 2048 and 4096 on CPU, 4096 and 8192 on CUDA). Each repeat runs ``warmup`` untimed then ``steps``
     timed steps of each setup and the peak matmuls, interleaved; the best repeat counts. ``precisions`` are the
-    cloudlib setups (default: fp32, plus bf16 where the hardware has bf16 units).
+    cloudlib setups (default: fp32, plus bf16 where the hardware has bf16 units); on a CPU ``levers`` adds, in the
+    last precision, the engine before issue 24 (torch dropout, foreach AdamW) and each of its levers alone.
     """
     import math
 
@@ -305,19 +396,20 @@ def bench_pretrain(
     authors_mlm = build(authors_attn)
     d = engine.Dist(device=device)
 
-    def optimizer(module):
-        opt = engine.make_optimizer(engine.param_groups([(module, cfg.lr)], cfg.weight_decay), device)
+    def optimizer(module, fused=None):
+        opt = engine.make_optimizer(engine.param_groups([(module, cfg.lr)], cfg.weight_decay), device, fused)
         return opt, engine.make_scheduler(opt, cfg, cfg.max_steps)
 
+    variants = _levers(precisions, device, levers)
     cloud_steps, same_init = {}, True
-    for prec in precisions:
+    for name, (prec, dropout, fused) in variants.items():
         cloud_mlm = build("sdpa")
         same_init &= all(a.equal(b) for a, b in zip(authors_mlm.state_dict().values(), cloud_mlm.state_dict().values()))
         pcfg = cfg.replace(precision=prec)
-        net = MaskedLMLoss(cloud_mlm).train()
+        net = engine.use_dropout(MaskedLMLoss(cloud_mlm).train(), dropout)
         objective = MLMObjective(data, data.rows([]), tok, pcfg, device)
-        opt_c, sched_c = optimizer(net)
-        cloud_steps[prec] = engine.Stepper(net, net, objective, opt_c, sched_c, pcfg, d)
+        opt_c, sched_c = optimizer(net, fused)
+        cloud_steps[name] = engine.Stepper(net, net, objective, opt_c, sched_c, pcfg, d)
     n_non_emb = cloud_model.n_params(cloud_mlm)
     opt_a, sched_a = optimizer(authors_mlm)
     collator = DataCollatorForLanguageModeling(
@@ -358,37 +450,18 @@ def bench_pretrain(
         engine.synchronize(device)
         return prep, int(batch["attention_mask"].sum()), batch["input_ids"].numel(), float(loss.detach())
 
-    def cloudlib_step(prec: str):
+    def cloudlib_step(name: str):
         def step_fn(step: int, index):
-            loss, stats = cloud_steps[prec](step, index)
+            loss, stats = cloud_steps[name](step, index)
             engine.synchronize(device)
             return 0.0, stats["tokens"], int(data.lengths[index].max()) * len(index), float(loss.detach())
 
         return step_fn
 
-    setups = {"authors": authors_step, **{f"cloudlib {p}": cloudlib_step(p) for p in precisions}}
-    total = {k: [] for k in setups}  # seconds of the timed steps, per repeat
-    stats: dict[str, dict] = {}
-    peak: dict[int, float] = {}
-    peak_bf16: dict[int, float] = {}
-    step_no = {k: 0 for k in setups}
-    for _ in range(repeats):  # interleave so drift in machine load hits every setup alike
-        for name, step_fn in setups.items():
-            for index in batches[:warmup]:
-                step_fn(step_no[name], index)
-                step_no[name] += 1
-            t_start, prep, real, padded, losses = time.perf_counter(), 0.0, 0, 0, []
-            for index in batches[warmup:]:
-                p, r, pad, loss = step_fn(step_no[name], index)
-                step_no[name] += 1
-                prep, real, padded = prep + p, real + r, padded + pad
-                losses.append(loss)
-            total[name].append(time.perf_counter() - t_start)
-            stats[name] = {"real": real, "padded": padded, "loss": sum(losses) / len(losses), "prep_s": prep}
-        for n, f in _matmul_flops(torch.float32, peak_sizes, peak_reps, device).items():
-            peak[n] = max(peak.get(n, 0.0), f)
-        for n, f in _matmul_flops(torch.bfloat16, peak_sizes, peak_reps, device).items():
-            peak_bf16[n] = max(peak_bf16.get(n, 0.0), f)
+    setups = {"authors": authors_step, **{name: cloudlib_step(name) for name in variants}}
+    total, stats, peak, peak_bf16 = _interleaved(setups, batches, warmup, repeats, peak_sizes, peak_reps, device)
+    profiled = [n for n in (f"cloudlib {precisions[-1]} before", f"cloudlib {precisions[-1]}") if n in setups]
+    profiles = _profile(setups, profiled, batches, profile) if profile else {}
 
     first = f"cloudlib {precisions[0]}"
     real = stats[first]["real"]
@@ -401,8 +474,9 @@ def bench_pretrain(
     ratios = {f"{k} / authors": round(rate[k] / rate["authors"], 3) for k in rate if k != "authors"}
     if "cloudlib bf16" in rate and "cloudlib fp32" in rate:
         ratios["cloudlib bf16 / cloudlib fp32"] = round(rate["cloudlib bf16"] / rate["cloudlib fp32"], 3)
+    ratios.update(_lever_ratios(rate, precisions))
     mfu = {f"{k} (vs bf16 peak)": round(v * flops_real / peak_bf, 4) for k, v in rate.items()}
-    setup_precision = {"authors": authors_precision, **{f"cloudlib {p}": p for p in precisions}}
+    setup_precision = {"authors": authors_precision, **{k: v[0] for k, v in variants.items()}}
     mfu.update(
         {
             f"{k} (vs fp32 peak)": round(v * flops_real / peak_fp32, 4)
@@ -419,6 +493,7 @@ def bench_pretrain(
         "precision": {
             "authors": authors_precision,
             "cloudlib": list(precisions),
+            "setups": {k: {"precision": v[0], "dropout": v[1], "fused_adamw": v[2]} for k, v in variants.items()},
             "auto resolves to": engine.resolve_precision("auto", device),
         },
         "batch_size": batch_size,
@@ -455,6 +530,7 @@ def bench_pretrain(
         "same_initial_weights": bool(same_init),
         "loss_agreement_abs": loss_diff,
         "fixed_batch_loss_by_precision": {k: round(v, 5) for k, v in parity.items()},
+        **({"profile (top operations by self CPU time)": profiles} if profiles else {}),
     }
     tolerance = (2e-2 if cuda else 1e-3) * max(1.0, abs(hf_loss))  # bf16 autocast: shapes change the rounding
     result["ok"] = bool(
@@ -466,13 +542,157 @@ def bench_pretrain(
     return result
 
 
+def bench_finetune(
+    model: str = "mini",
+    batch_size: int = 32,
+    steps: int = 20,
+    repeats: int = 3,
+    warmup: int = 3,
+    strings: list[str] | None = None,
+    peak_sizes: tuple[int, ...] | None = None,
+    peak_reps: int = 2,
+    seed: int = 0,
+    precisions: tuple[str, ...] | None = None,
+    levers: bool = True,
+    profile: int = 0,
+) -> dict:
+    """Fine-tuning steps/s of the engine's own step (:class:`cloudlib.engine.Stepper` on
+    :class:`cloudlib.finetune.PropertyObjective`: the ``[CLS]`` -> MLP head of :class:`cloudlib.model.CloudPredictor`,
+    L1 loss, encoder and head learning rates as in :func:`cloudlib.finetune.fit`) on a ``model``-size encoder (same
+    random weights in every setup; speed does not depend on pre-training), the same batches of the authors' real
+    strings, one run. Targets: each string's token count, standardised (speed does not depend on them either).
+
+    Setups: **authors' shapes** (every batch padded to the 64 positions of the authors' tokenizer, fp32, torch
+    dropout: what their fine-tuning pays for, run through our step), and cloudlib as in :func:`bench_pretrain`
+    (each precision; on a CPU the engine before issue 24 and each lever alone). ``fixed_batch_loss`` is each
+    setup's loss on the first batch in eval mode (no dropout) from the same weights.
+    """
+    import math
+
+    import pandas as pd
+    import torch
+
+    from cloudlib import engine
+    from cloudlib import model as cloud_model
+    from cloudlib.config import FinetuneConfig
+    from cloudlib.finetune import PropertyObjective, head_modules
+    from cloudlib.registry import fetch
+
+    if steps < 1 or repeats < 1 or warmup < 0:
+        raise ValueError("need steps >= 1, repeats >= 1, warmup >= 0")
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    bf16_native = torch.cuda.is_bf16_supported() if cuda else engine.cpu_has_bf16()
+    precisions = tuple(precisions or (("fp32", "bf16") if bf16_native else ("fp32",)))
+    peak_sizes = tuple(peak_sizes or ((4096, 8192) if cuda else (2048, 4096)))
+    if strings is None:
+        strings = pd.read_csv(fetch("cloud/pretrain_cloud_10k.csv"))["cloud"].tolist()
+    strings = [str(s) for s in strings]
+    size = cloud_model.preset(model)
+    cfg = FinetuneConfig(
+        encoder=model, pretrained=False, batch_size=batch_size, seed=seed, max_steps=repeats * (warmup + steps)
+    )
+    _, tok = cloud_model.build_encoder(model, False, seed)
+    data = engine.encode(tok, strings)
+    y = data.lengths.double()
+    y = ((y - y.mean()) / y.std()).float()
+    batches = _same_batches(data.lengths, batch_size, warmup + steps, seed, cfg.bucket_batches)
+    d = engine.Dist(device=device)
+
+    class Padded(PropertyObjective):
+        """The authors' shapes: every batch padded to the tokenizer's 64 positions."""
+
+        def loss(self, model, idx, g):
+            ids, mask = self.train.batch(idx)
+            pad = size.block_size - ids.shape[1]
+            ids = torch.nn.functional.pad(ids, (0, pad), value=tok.pad_token_id)
+            mask = torch.nn.functional.pad(mask, (0, pad), value=0)
+            out = model(ids.to(self.device), mask.to(self.device))
+            loss = torch.nn.functional.l1_loss(out, self.y_train[idx].to(self.device))
+            return loss, {"rows": len(idx), "tokens": int(mask.sum()), "padded": int(ids.numel())}
+
+    variants = {"authors' shapes": ("fp32", "torch", False), **_levers(precisions, device, levers)}
+    steppers, parity, nets = {}, {}, {}
+    for name, (prec, dropout, fused) in variants.items():
+        encoder, _ = cloud_model.build_encoder(model, False, seed)
+        torch.manual_seed(seed + 1)
+        net = engine.use_dropout(cloud_model.CloudPredictor(encoder, cfg.dropout).to(device).train(), dropout)
+        pcfg = cfg.replace(precision=prec)
+        kind = Padded if name == "authors' shapes" else PropertyObjective
+        objective = kind(data, y, data.rows([]), np.zeros(0), "regression", 0.0, 1.0, 256, device, prec)
+        groups = engine.param_groups(head_modules(net, pcfg), pcfg.weight_decay)
+        opt = engine.make_optimizer(groups, device, fused)
+        sched = engine.make_scheduler(opt, pcfg, pcfg.max_steps)
+        steppers[name], nets[name] = engine.Stepper(net, net, objective, opt, sched, pcfg, d), net
+        with torch.no_grad():
+            net.eval()
+            with engine.autocast(device, prec):
+                parity[name] = float(objective.loss(net, batches[0], None)[0])
+            net.train()
+
+    def step_fn(name):
+        def run(step, index):
+            loss, st = steppers[name](step, index)
+            engine.synchronize(device)
+            return 0.0, st["tokens"], st.get("padded", int(data.lengths[index].max()) * len(index)), float(loss.detach())
+
+        return run
+
+    setups = {name: step_fn(name) for name in variants}
+    total, stats, peak, peak_bf16 = _interleaved(setups, batches, warmup, repeats, peak_sizes, peak_reps, device)
+    profiled = [n for n in (f"cloudlib {precisions[-1]} before", f"cloudlib {precisions[-1]}") if n in setups]
+    profiles = _profile(setups, profiled, batches, profile) if profile else {}
+    real = stats["authors' shapes"]["real"]
+    n_non_emb = cloud_model.n_params(nets["authors' shapes"].encoder)
+    flops = cloud_model.flops_per_token(size, n_non_emb, real / (steps * batch_size))
+    peak_bf = max(peak_bf16.values())
+    rate = {k: real / min(v) for k, v in total.items()}
+    ratios = {f"{k} / authors' shapes": round(v / rate["authors' shapes"], 3) for k, v in rate.items()}
+    ratios.update(_lever_ratios(rate, precisions))
+    result = {
+        "model": model,
+        "device": f"cuda ({torch.cuda.get_device_name(device)})" if cuda else f"cpu, {torch.get_num_threads()} threads",
+        "batch_size": batch_size,
+        "timed_steps": steps,
+        "warmup_steps": warmup,
+        "repeats": repeats,
+        "non_embedding_params": n_non_emb,
+        "setups": {k: {"precision": v[0], "dropout": v[1], "fused_adamw": v[2]} for k, v in variants.items()},
+        "mean_real_seq_len": round(real / (steps * batch_size), 2),
+        "real_tokens_per_s": {k: round(v, 1) for k, v in rate.items()},
+        "steps_per_s": {k: round(steps / min(v), 3) for k, v in total.items()},
+        "ms_per_step": {k: round(1e3 * min(v) / steps, 2) for k, v in total.items()},
+        "ratios": ratios,
+        "peak_tflops": {
+            **{f"fp32 mm {n}": round(f / 1e12, 4) for n, f in peak.items()},
+            **{f"bf16 mm {n}": round(f / 1e12, 4) for n, f in peak_bf16.items()},
+        },
+        "mfu (vs bf16 peak)": {k: round(v * flops / peak_bf, 4) for k, v in rate.items()},
+        "fixed_batch_loss": {k: round(v, 5) for k, v in parity.items()},
+        "train_loss_last_repeat": {k: round(v["loss"], 4) for k, v in stats.items()},
+        **({"profile (top operations by self CPU time)": profiles} if profiles else {}),
+    }
+    same = [v for k, v in parity.items() if variants[k][0] == "fp32"]
+    result["ok"] = bool(
+        len({v["real"] for v in stats.values()}) == 1
+        and all(math.isfinite(v["loss"]) for v in stats.values())
+        and max(same) - min(same) < 1e-4 * max(1.0, abs(same[0]))  # padding and dropout impl change nothing in eval
+    )
+    return result
+
+
 def _print(title: str, result: dict) -> None:
     print(f"\n== {title}")
     for key, value in result.items():
         if isinstance(value, dict):
             print(f"  {key}:")
             for k, v in value.items():
-                print(f"    {k:<48} {v}")
+                if isinstance(v, dict):  # e.g. a profile table per setup
+                    print(f"    {k}:")
+                    for k2, v2 in v.items():
+                        print(f"      {k2:<46} {v2}")
+                else:
+                    print(f"    {k:<48} {v}")
         else:
             print(f"  {key:<50} {value}")
 
@@ -486,12 +706,12 @@ def main(argv=None) -> int:
 
         return overlap_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["scope", "tokenizer", "pretrain", "overlap"])
+    p.add_argument("what", choices=["scope", "tokenizer", "pretrain", "finetune", "overlap"])
     p.add_argument("--n", type=int, default=None, help="structures (scope, default 1000) or strings (tokenizer, 10000)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--model", default="mini", help="pretrain: model size preset (tiny/mini/small/medium/base)")
-    p.add_argument("--batch-size", type=int, default=128, help="pretrain: sequences per step")
+    p.add_argument("--batch-size", type=int, default=None, help="pretrain / finetune: sequences per step (128 / 32)")
     p.add_argument("--steps", type=int, default=20, help="pretrain: timed steps per repeat")
     p.add_argument("--warmup", type=int, default=3, help="pretrain: untimed steps before each repeat")
     p.add_argument("--authors-attn", choices=["sdpa", "eager"], default="sdpa", help="pretrain: authors' attention")
@@ -501,6 +721,17 @@ def main(argv=None) -> int:
         choices=["fp32", "bf16"],
         default=None,
         help="pretrain: cloudlib setups (default fp32, plus bf16 where the hardware has it)",
+    )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="pretrain / finetune: also profile this many steps of the engine before and as it is (top operations)",
+    )
+    p.add_argument(
+        "--no-levers",
+        action="store_true",
+        help="pretrain: only the engine as it is (no 'before' setup, no lever measured alone)",
     )
     p.add_argument(
         "--peak-sizes",
@@ -518,26 +749,26 @@ def main(argv=None) -> int:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
     )
     results = {}
-    if args.what == "pretrain":
-        results["pretrain"] = bench_pretrain(
-            args.model,
-            args.batch_size,
-            args.steps,
-            args.repeats,
-            args.warmup,
-            authors_attn=args.authors_attn,
-            peak_sizes=args.peak_sizes,
-            precisions=tuple(args.precisions) if args.precisions else None,
-        )
-        _print(
-            f"MLM pre-training, {args.model}, batch {args.batch_size} (real tokens/s, same strings, one run)",
-            results["pretrain"],
-        )
+    if args.what in ("pretrain", "finetune"):
+        common = dict(peak_sizes=args.peak_sizes, levers=not args.no_levers, profile=args.profile)
+        common["precisions"] = tuple(args.precisions) if args.precisions else None
+        if args.what == "pretrain":
+            batch = args.batch_size or 128
+            r = bench_pretrain(
+                args.model, batch, args.steps, args.repeats, args.warmup, authors_attn=args.authors_attn, **common
+            )
+            title = f"MLM pre-training, {args.model}, batch {batch} (real tokens/s, same strings, one run)"
+        else:
+            batch = args.batch_size or 32
+            r = bench_finetune(args.model, batch, args.steps, args.repeats, args.warmup, **common)
+            title = f"Fine-tuning, {args.model}, batch {batch} (real tokens/s, same strings, one run)"
+        results[args.what] = r
+        _print(title, r)
         if args.json:
             from cloudlib.io import write_json
 
             write_json(args.json, results)
-        return 0 if results["pretrain"]["ok"] else 1
+        return 0 if r["ok"] else 1
     if args.what == "scope":
         results["scope"] = bench_scope(args.n or 1000, args.repeats)
         _print("SCOPE (structures/s, same structures, one run)", results["scope"])

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from . import debye, engine
 from .config import FinetuneConfig
 from .debye import dulong_petit
-from .errors import InvalidTargetError
+from .errors import ConfigError, InvalidTargetError
 from .evaluation import mae
 from .finetune import SEED_STREAM, epochs_of, train_head, train_val_indices
 from .model import CloudDebye, CurveRegressor, build_encoder
@@ -281,6 +281,9 @@ class PhysicsObjective(_HeadObjective):
 
 def _prepare(strings: list[str], cfg: FinetuneConfig):
     """What every head starts from: the clock, the held-out rows and the encoder."""
+    for name in ("augment", "tta"):  # the Cv heads train and predict on the strings as given
+        if getattr(cfg, name) != 1:
+            raise ConfigError(f"the Cv(T) heads do not support {name} (got {getattr(cfg, name)}); use 1", name)
     t0 = time.perf_counter()
     train_idx, val_idx = train_val_indices(len(strings), cfg)
     encoder, tok = build_encoder(cfg.encoder, cfg.pretrained, cfg.seed)

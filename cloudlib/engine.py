@@ -177,6 +177,111 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# --------------------------------------------------------------------------- dropout
+
+# The training step's dropout on a CPU. torch's dropout draws each mask element with ``bernoulli_``, which
+# took 30 % of the shipped-size pre-training step on a 2-core Zen 4 (issue 24); "fast" draws 16 random bits per
+# element from 64-bit integers of the same global generator (one ``randint`` per mask) and keeps an element
+# when its bits are at or above ``round(p * 65536)``: drop probability p to within 7.6e-6, kept values scaled
+# so that the expectation is exactly the input, and, since the engine seeds the global generator before every
+# step, still a function of the step (resume stays exact). Attention-probability dropout goes through
+# :func:`cloud_attention` (BERT's attention in matrix products, masks drawn the same way). Evaluation and
+# inference do not drop anything, so their numbers do not depend on this. "torch" is torch's own dropout and
+# SDPA attention; on CUDA torch's fused kernels are used whatever this says.
+CPU_DROPOUT = "fast"
+DROPOUT_IMPLS = ("torch", "fast")
+_BITS = 65536
+
+
+def keep_mask(shape, p: float, device=None) -> tuple[torch.Tensor, float]:
+    """A boolean keep mask of ``shape`` (True with probability ~``1 - p``) and the scale that makes the kept
+    values unbiased, from 16 random bits per element of the global generator."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    n = math.prod(shape)
+    drop = round(p * _BITS)
+    bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
+    keep = bits.view(torch.int16)[:n].view(shape) >= drop - _BITS // 2
+    return keep, _BITS / (_BITS - drop)
+
+
+def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """``x`` with elements zeroed with probability ~``p`` and the rest scaled (:func:`keep_mask`)."""
+    if p == 0.0:
+        return x
+    keep, scale = keep_mask(x.shape, p, x.device)
+    return x * (keep.to(x.dtype) * scale)
+
+
+class FastDropout(nn.Module):
+    """``nn.Dropout`` with masks from :func:`keep_mask` (used by :func:`use_dropout` on CPU)."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_dropout(x, self.p) if self.training and self.p > 0 else x
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def cloud_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """transformers' attention interface (registered as ``"cloud_sdpa"``): SDPA when nothing is dropped (as
+    ``"sdpa"``, to the bit), else softmax(Q K^T * scaling + mask) with :func:`fast_dropout`, times V."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if not dropout or not module.training:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=scaling, **kwargs)
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    probs = fast_dropout(torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype), dropout)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+
+
+@functools.cache
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register("cloud_sdpa", cloud_attention)
+    AttentionMaskInterface.register("cloud_sdpa", sdpa_mask)  # the masks SDPA gets (else: no padding mask)
+
+
+def dropout_impl(device: torch.device) -> str:
+    """The dropout implementation a training step on ``device`` uses (:data:`CPU_DROPOUT` on a CPU)."""
+    if CPU_DROPOUT not in DROPOUT_IMPLS:
+        raise ConfigError(f"engine.CPU_DROPOUT must be one of {DROPOUT_IMPLS}, got {CPU_DROPOUT!r}", "CPU_DROPOUT")
+    return CPU_DROPOUT if device.type == "cpu" else "torch"
+
+
+def use_dropout(module: nn.Module, impl: str) -> nn.Module:
+    """Switch ``module``'s dropout layers (and its BERT attention's probability dropout) to ``impl``, in place:
+    "fast" (:class:`FastDropout`, :func:`cloud_attention`) or "torch" (``nn.Dropout``, SDPA). Parameters,
+    state dicts, saved models and everything in eval mode are the same either way."""
+    if impl not in DROPOUT_IMPLS:
+        raise ValueError(f"dropout implementation must be one of {DROPOUT_IMPLS}, got {impl!r}")
+    if impl == "fast":
+        _register_attention()
+    old, new = ("sdpa", "cloud_sdpa") if impl == "fast" else ("cloud_sdpa", "sdpa")
+    for child in list(module.modules()):
+        for attr, sub in list(child.named_children()):
+            if impl == "fast" and type(sub) is nn.Dropout:
+                setattr(child, attr, FastDropout(sub.p))
+            elif impl == "torch" and type(sub) is FastDropout:
+                setattr(child, attr, nn.Dropout(sub.p))
+        config = getattr(child, "config", None)
+        if config is not None and getattr(config, "_attn_implementation", None) == old:
+            config._attn_implementation = new
+    return module
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -276,9 +381,16 @@ def param_groups(modules: list[tuple[nn.Module, float]], weight_decay: float) ->
     return groups
 
 
-def make_optimizer(groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
-    """AdamW (betas 0.9/0.999, eps 1e-8), fused on CUDA."""
-    kw = {"fused": True} if device.type == "cuda" else {}
+# AdamW's fused kernel on a CPU too (torch's default there is the multi-tensor "foreach" one): 1.12-1.14x the
+# shipped-size step on a 2-core Zen 4 (`python -m benchmarks pretrain` / `finetune`, issue 24).
+CPU_FUSED_ADAMW = True
+
+
+def make_optimizer(groups: list[dict], device: torch.device, fused: bool | None = None) -> torch.optim.Optimizer:
+    """AdamW (betas 0.9/0.999, eps 1e-8); ``fused`` (default: always on CUDA, :data:`CPU_FUSED_ADAMW` on a CPU)
+    takes the single-kernel implementation."""
+    fused = (device.type == "cuda" or CPU_FUSED_ADAMW) if fused is None else fused
+    kw = {"fused": True} if fused else {}
     return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=(0.9, 0.999), eps=1e-8, **kw)
 
 
@@ -406,6 +518,8 @@ class Trainer:
     ):
         self.objective, self.cfg, self.d, self.restore_best, self.progress = objective, cfg, d, restore_best, progress
         self.module = model.to(d.device)
+        self.dropout = dropout_impl(d.device)
+        use_dropout(self.module, self.dropout)
         self.wrapped = self.module
         if d.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -419,7 +533,12 @@ class Trainer:
         self.ckpt_every = cfg.ckpt_every or self.eval_every
         self.stepper = Stepper(self.wrapped, self.module, objective, self.opt, self.sched, cfg, d)
         self.out = Path(out_dir) if out_dir is not None else None
-        self.identity = {"config": _comparable(cfg.to_dict()), "data": objective.digest(), "objective": objective.name}
+        self.identity = {
+            "config": _comparable(cfg.to_dict()),
+            "data": objective.digest(),
+            "objective": objective.name,
+            "dropout": self.dropout,
+        }
         self.state = {
             "step": 0,
             "log": [],
@@ -443,7 +562,8 @@ class Trainer:
         if ckpt is None or not ckpt.exists():
             return False
         saved = torch.load(ckpt, map_location=self.d.device, weights_only=False)
-        if {**saved["identity"], "config": _comparable(saved["identity"]["config"])} != self.identity:
+        theirs = {"dropout": "torch", **saved["identity"], "config": _comparable(saved["identity"]["config"])}
+        if theirs != self.identity:
             raise ConfigError(
                 f"{ckpt} was written with another configuration or other data; use a new output folder or no resume",
                 str(ckpt),
@@ -591,6 +711,9 @@ def train(
     (else the final ones). Under ``torchrun`` the model is wrapped in DDP; only rank 0 evaluates.
     """
     trainer = Trainer(model, objective, cfg, modules, out_dir, restore_best, progress, d or setup_distributed())
-    if not (resume and trainer.resume()):
-        trainer.start_fresh()
-    return trainer.run()
+    try:
+        if not (resume and trainer.resume()):
+            trainer.start_fresh()
+        return trainer.run()
+    finally:
+        use_dropout(trainer.module, "torch")  # the model leaves as it came: nn.Dropout, SDPA

@@ -17,12 +17,14 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 import yaml
 
-from cloudlib import cloud_debye
+from cloudlib import cloud_debye, engine
 from cloudlib.config import preset
 from cloudlib.io import write_json
 from cloudlib.registry import fetch
+from cloudlib.study import machine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     overrides = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in args.set)}
     cfg = preset("debye", "laptop", **overrides)
+    cpu = torch.device("cpu")
     train = pd.read_csv(fetch("cloud/cloud_cv_train_and_val.csv"))
     t0 = time.perf_counter()
     fit = cloud_debye.fit_debye(train["cloud"], train["cv"], train["n_atoms"], cfg, progress=False)
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         "best_epoch": fit.best_epoch,
         "val_mae_by_eval": [round(float(v), 4) for v in hist["val_mae"].dropna()],
         "seconds": round(time.perf_counter() - t0, 1),
+        "engine": {"cpu_dropout": engine.CPU_DROPOUT, "precision": engine.resolve_precision(cfg.precision, cpu)},
+        "machine": machine(),
     }
     write_json(Path(args.out) / f"{args.name}.json", out)
     print(json.dumps({k: out[k] for k in ("name", "overrides", "val_mae", "best_epoch", "seconds")}))

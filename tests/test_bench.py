@@ -28,7 +28,13 @@ def test_pretrain_bench_structure(scope_strings):
 
     precisions = ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
     assert r["precision"]["cloudlib"] == precisions and r["precision"]["authors"] == "fp32"
-    assert set(r["real_tokens_per_s"]) == {"authors", *(f"cloudlib {p}" for p in precisions)}
+    last = precisions[-1]
+    levers = {f"cloudlib {last} before", f"cloudlib {last} +fast dropout", f"cloudlib {last} +fused AdamW"}
+    assert set(r["real_tokens_per_s"]) == {"authors", *(f"cloudlib {p}" for p in precisions), *levers}
+    setups = r["precision"]["setups"]
+    assert setups[f"cloudlib {last} before"] == {"precision": last, "dropout": "torch", "fused_adamw": False}
+    assert setups[f"cloudlib {last}"]["dropout"] == "fast"  # the engine's default on a CPU
+    assert {f"cloudlib {last} / before", f"cloudlib {last} +fast dropout / before"} <= set(r["ratios"])
     parity = r["fixed_batch_loss_by_precision"]  # the same weights and masked batch in each precision
     assert set(parity) == set(precisions) and all(
         abs(v - parity["fp32"]) < 0.02 * parity["fp32"] for v in parity.values()
@@ -78,3 +84,23 @@ def test_scope_bench_identical_output():
     r = need_call(bench.bench_scope, n=30, repeats=1)
     assert r["identical_output"] is True
     assert r["structures"] == 30 and all(v > 0 for v in r["rates_per_s"].values())
+
+
+def test_finetune_bench_structure(scope_strings):
+    """The fine-tuning benchmark runs every setup on the same batches from the same weights: equal real tokens,
+    equal fixed-batch loss in fp32 whatever the padding or the dropout implementation (eval mode)."""
+    r = bench.bench_finetune(
+        "tiny", batch_size=BATCH, steps=2, repeats=1, warmup=1, strings=scope_strings, peak_sizes=(128,), peak_reps=1
+    )
+    assert r["ok"]
+    from cloudlib.engine import cpu_has_bf16
+
+    last = "bf16" if cpu_has_bf16() else "fp32"
+    assert r["setups"]["authors' shapes"] == {"precision": "fp32", "dropout": "torch", "fused_adamw": False}
+    assert {f"cloudlib {last} before", f"cloudlib {last} +fast dropout", f"cloudlib {last} +fused AdamW"} <= set(
+        r["setups"]
+    )
+    losses = r["fixed_batch_loss"]
+    assert abs(losses["authors' shapes"] - losses["cloudlib fp32"]) < 1e-4
+    assert all(abs(v - losses["cloudlib fp32"]) < 0.02 * abs(losses["cloudlib fp32"]) for v in losses.values())
+    assert all(v > 0 for v in r["steps_per_s"].values()) and f"cloudlib {last} / before" in r["ratios"]

@@ -13,7 +13,7 @@ from conftest import need
 from cloudlib import cloud_debye as cd
 from cloudlib import debye
 from cloudlib.config import preset
-from cloudlib.errors import InvalidTargetError
+from cloudlib.errors import ConfigError, InvalidTargetError
 from cloudlib.evaluation import AUDIT_TEMPERATURES, consistency_audit, regression_metrics
 from cloudlib.model import CloudDebye, build_encoder
 
@@ -71,6 +71,14 @@ def test_fit_debye_gives_consistent_curves_and_beats_a_blind_regressor(cv_data):
     )
     with pytest.raises(InvalidTargetError, match="cv"):
         cd.fit_debye(train["cloud"][:3], [1.0, float("nan"), 2.0], [2, 2, 2], cfg, progress=False)
+
+
+@pytest.mark.parametrize("field", ["augment", "tta"])
+def test_cv_heads_refuse_string_augmentation(field):
+    """The Cv heads train on the strings as given: an augment / tta setting would be ignored, so it is refused."""
+    cfg = preset("debye", "smoke").replace(**{field: 2})
+    with pytest.raises(ConfigError, match=field):
+        cd.fit_debye(["a", "b"], [10.0, 20.0], [2, 2], cfg, progress=False)
 
 
 def test_curve_regressor_trains_and_predicts_shapes(cv_data):
