@@ -634,7 +634,12 @@ def bench_finetune(
         def run(step, index):
             loss, st = steppers[name](step, index)
             engine.synchronize(device)
-            return 0.0, st["tokens"], st.get("padded", int(data.lengths[index].max()) * len(index)), float(loss.detach())
+            return (
+                0.0,
+                st["tokens"],
+                st.get("padded", int(data.lengths[index].max()) * len(index)),
+                float(loss.detach()),
+            )
 
         return run
 
