@@ -325,6 +325,29 @@ def _profile(setups: dict, names, batches: list, steps: int, top: int = 10) -> d
     return out
 
 
+def _training_setup(steps: int, repeats: int, warmup: int, precisions, peak_sizes, strings):
+    """What the training benchmarks share: checked step counts, the device (CUDA when there is one), the cloudlib
+    precisions (fp32, plus bf16 where the hardware has it), the peak matmul sizes and the strings (the authors'
+    10k by default). Returns (device, precisions, peak sizes, strings, device description)."""
+    import pandas as pd
+    import torch
+
+    from cloudlib import engine
+    from cloudlib.registry import fetch
+
+    if steps < 1 or repeats < 1 or warmup < 0:
+        raise ValueError("need steps >= 1, repeats >= 1, warmup >= 0")
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    bf16_native = torch.cuda.is_bf16_supported() if cuda else engine.cpu_has_bf16()
+    precisions = tuple(precisions or (("fp32", "bf16") if bf16_native else ("fp32",)))
+    peak_sizes = tuple(peak_sizes or ((4096, 8192) if cuda else (2048, 4096)))
+    if strings is None:
+        strings = pd.read_csv(fetch("cloud/pretrain_cloud_10k.csv"))["cloud"].tolist()
+    described = f"cuda ({torch.cuda.get_device_name(device)})" if cuda else f"cpu, {torch.get_num_threads()} threads"
+    return device, precisions, peak_sizes, [str(s) for s in strings], described
+
+
 def bench_pretrain(
     model: str = "mini",
     batch_size: int = 128,
@@ -352,7 +375,6 @@ def bench_pretrain(
     """
     import math
 
-    import pandas as pd
     import torch
     from transformers import BertForMaskedLM, DataCollatorForLanguageModeling
 
@@ -361,24 +383,17 @@ def bench_pretrain(
     from cloudlib import model as cloud_model
     from cloudlib.config import PretrainConfig
     from cloudlib.pretrain import MaskedLMLoss, MLMObjective
-    from cloudlib.registry import fetch
     from cloudlib.tokenizer import make_tokenizer
 
     if authors_attn not in ("sdpa", "eager"):
         raise ValueError(f"authors_attn={authors_attn!r}: expected 'sdpa' or 'eager'")
-    if steps < 1 or repeats < 1 or warmup < 0:
-        raise ValueError("need steps >= 1, repeats >= 1, warmup >= 0")
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    bf16_native = torch.cuda.is_bf16_supported() if cuda else engine.cpu_has_bf16()
-    precisions = tuple(precisions or (("fp32", "bf16") if bf16_native else ("fp32",)))
+    device, precisions, peak_sizes, strings, described = _training_setup(
+        steps, repeats, warmup, precisions, peak_sizes, strings
+    )
+    cuda = device.type == "cuda"
     authors_precision = "bf16" if cuda else "fp32"
-    peak_sizes = tuple(peak_sizes or ((4096, 8192) if cuda else (2048, 4096)))
 
     tok = make_tokenizer()
-    if strings is None:
-        strings = pd.read_csv(fetch("cloud/pretrain_cloud_10k.csv"))["cloud"].tolist()
-    strings = [str(s) for s in strings]
     cfg = PretrainConfig(model=model, batch_size=batch_size, seed=seed, max_steps=repeats * (warmup + steps))
     size = cloud_model.preset(model).replace(dropout=cfg.dropout)
 
@@ -489,7 +504,7 @@ def bench_pretrain(
     )
     result = {
         "model": model,
-        "device": f"cuda ({torch.cuda.get_device_name(device)})" if cuda else f"cpu, {torch.get_num_threads()} threads",
+        "device": described,
         "precision": {
             "authors": authors_precision,
             "cloudlib": list(precisions),
@@ -569,25 +584,16 @@ def bench_finetune(
     """
     import math
 
-    import pandas as pd
     import torch
 
     from cloudlib import engine
     from cloudlib import model as cloud_model
     from cloudlib.config import FinetuneConfig
     from cloudlib.finetune import PropertyObjective, head_modules
-    from cloudlib.registry import fetch
 
-    if steps < 1 or repeats < 1 or warmup < 0:
-        raise ValueError("need steps >= 1, repeats >= 1, warmup >= 0")
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    bf16_native = torch.cuda.is_bf16_supported() if cuda else engine.cpu_has_bf16()
-    precisions = tuple(precisions or (("fp32", "bf16") if bf16_native else ("fp32",)))
-    peak_sizes = tuple(peak_sizes or ((4096, 8192) if cuda else (2048, 4096)))
-    if strings is None:
-        strings = pd.read_csv(fetch("cloud/pretrain_cloud_10k.csv"))["cloud"].tolist()
-    strings = [str(s) for s in strings]
+    device, precisions, peak_sizes, strings, described = _training_setup(
+        steps, repeats, warmup, precisions, peak_sizes, strings
+    )
     size = cloud_model.preset(model)
     cfg = FinetuneConfig(
         encoder=model, pretrained=False, batch_size=batch_size, seed=seed, max_steps=repeats * (warmup + steps)
@@ -656,7 +662,7 @@ def bench_finetune(
     ratios.update(_lever_ratios(rate, precisions))
     result = {
         "model": model,
-        "device": f"cuda ({torch.cuda.get_device_name(device)})" if cuda else f"cpu, {torch.get_num_threads()} threads",
+        "device": described,
         "batch_size": batch_size,
         "timed_steps": steps,
         "warmup_steps": warmup,
