@@ -565,16 +565,23 @@ def load_harvest(out_dir: str | Path) -> pd.DataFrame:
     Columns :data:`COLUMNS`, all strings; ``scope`` is ``""`` where ``error`` says why it failed.
     """
     out_dir = Path(out_dir)
-    state_path = out_dir / STATE_FILE
-    if not state_path.is_file():
+    if not (out_dir / STATE_FILE).is_file():
         raise DataError("no harvest state here (state.json missing)", str(out_dir))
-    state = json.loads(state_path.read_text())
-    return _load_parts(out_dir, state)
+    return _load_parts(out_dir, _read_state(out_dir))
+
+
+def _read_state(out_dir: Path) -> dict:
+    """A harvest folder's ``state.json``, its pages moved into the store first when it is of state format 1."""
+    try:
+        state = json.loads((out_dir / STATE_FILE).read_text())
+    except ValueError as exc:
+        raise DataError(f"state.json is unreadable ({exc}); delete the folder to start over", str(out_dir)) from exc
+    if state.get("format", 1) < STATE_FORMAT:
+        state = _migrate_csv_parts(out_dir, state)
+    return state
 
 
 def _load_parts(out_dir: Path, state: dict) -> pd.DataFrame:
-    if state.get("format", 1) < STATE_FORMAT:
-        state = _migrate_csv_parts(out_dir, state)
     pages, frames = _pages(out_dir, state), []
     for i in range(int(state["pages"])):
         page = pages.get(_page_key(i))
@@ -617,13 +624,9 @@ def _new_state(endpoint: str, filter: str | None, variant: str, page_limit: int)
 
 
 def _load_state(out_dir: Path, endpoint: str, filter: str | None, variant: str, page_limit: int) -> dict:
-    path = out_dir / STATE_FILE
-    if not path.is_file():
+    if not (out_dir / STATE_FILE).is_file():
         return _new_state(endpoint, filter, variant, page_limit)
-    try:
-        state = json.loads(path.read_text())
-    except ValueError as exc:
-        raise DataError(f"state.json is unreadable ({exc}); delete the folder to start over", str(out_dir)) from exc
+    state = _read_state(out_dir)
     theirs = (state.get("endpoint"), state.get("filter") or "", state.get("variant"))
     ours = (endpoint, filter or "", variant)
     if theirs != ours:
@@ -631,8 +634,6 @@ def _load_state(out_dir: Path, endpoint: str, filter: str | None, variant: str, 
             f"folder holds another harvest (endpoint, filter, variant) = {theirs}, not {ours}; use another out_dir",
             str(out_dir),
         )
-    if state.get("format", 1) < STATE_FORMAT:
-        state = _migrate_csv_parts(out_dir, state)
     return state
 
 
