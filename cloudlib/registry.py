@@ -96,6 +96,16 @@ _JLB_LICENCE = "NIST (public data; github.com/usnistgov/jarvis_leaderboard)"
 #: The 3DSC Materials Project CIFs: one registry entry for the manifest, one file per line of it.
 DSC3_CIF_URL = f"{_GH}/aimat-lab/3DSC/{DSC3_COMMIT}/superconductors_3D/data/source/MP/raw/cifs"
 
+#: The authors' released tokenizer (github.com/ChangwenXu98/CLOUD, ``tokenizer_cloud_optimade/``), one entry per file.
+AUTHORS_TOKENIZER = "cloud/tokenizer_cloud_optimade"
+AUTHORS_TOKENIZER_FILES = (
+    "vocab.txt",
+    "added_tokens.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "config_tokenizer.yaml",
+)
+
 REGISTRY: dict[str, Dataset] = {
     d.name: d
     for d in [
@@ -147,6 +157,41 @@ REGISTRY: dict[str, Dataset] = {
             f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/data/wyckoff-position-multiplicities.json",
             _MIT_CLOUD,
             "space group -> Wyckoff letter -> multiplicity",
+        ),
+        Dataset(
+            "cloud/tokenizer_cloud_optimade/vocab.txt",
+            "f0e8e3f89481a301829805471b0e05136b9a7010928b584c5093410b19cc6ca4",
+            f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/tokenizer_cloud_optimade/vocab.txt",
+            _MIT_CLOUD,
+            "the authors' released tokenizer: its 463-line WordPiece vocabulary",
+        ),
+        Dataset(
+            "cloud/tokenizer_cloud_optimade/added_tokens.json",
+            "c5f9d5bb2f18c674bdadca264fab41a0195a9bc240552c09656686782da7c9ec",
+            f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/tokenizer_cloud_optimade/added_tokens.json",
+            _MIT_CLOUD,
+            "the authors' released tokenizer: the 101 added fraction tokens 0.0..1.0 (ids 463-563)",
+        ),
+        Dataset(
+            "cloud/tokenizer_cloud_optimade/tokenizer_config.json",
+            "379728e38cdaeba17323a37b44698ffc1f1dad14cb6d6694f7e66f7d61b6994a",
+            f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/tokenizer_cloud_optimade/tokenizer_config.json",
+            _MIT_CLOUD,
+            "the authors' released tokenizer: BertTokenizer settings and added-token table",
+        ),
+        Dataset(
+            "cloud/tokenizer_cloud_optimade/special_tokens_map.json",
+            "b6d346be366a7d1d48332dbc9fdf3bf8960b5d879522b7799ddba59e76237ee3",
+            f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/tokenizer_cloud_optimade/special_tokens_map.json",
+            _MIT_CLOUD,
+            "the authors' released tokenizer: its special tokens",
+        ),
+        Dataset(
+            "cloud/tokenizer_cloud_optimade/config_tokenizer.yaml",
+            "c818c7d583b6f1ee1919ba0ba61e2123ad7cd6d892cfabdc689cd03e320831f4",
+            f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/tokenizer_cloud_optimade/config_tokenizer.yaml",
+            _MIT_CLOUD,
+            "the authors' released tokenizer: the settings they trained it with",
         ),
         Dataset(
             "cdvae/perov_5_val.csv",
@@ -460,6 +505,24 @@ def fetch(name: str) -> Path:
     else:
         remote, label = None, "no public URL (mirror only)"
     return fetch_with(name, accept, remote=remote, remote_label=label)
+
+
+def authors_tokenizer_dir() -> Path:
+    """A folder holding the authors' released tokenizer files (:data:`AUTHORS_TOKENIZER_FILES`, each fetched and
+    verified as a registry file): the folder they were found in when it is one (the cache or the mirror), else a
+    folder of links to them under the cache."""
+    found = {f: fetch(f"{AUTHORS_TOKENIZER}/{f}") for f in AUTHORS_TOKENIZER_FILES}
+    parents = {p.parent for p in found.values()}
+    if len(parents) == 1:
+        return parents.pop()
+    links = paths.cache_dir() / "links" / AUTHORS_TOKENIZER
+    links.mkdir(parents=True, exist_ok=True)
+    for f, p in found.items():
+        link = links / f
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(p.resolve())
+    return links
 
 
 def fetch_manifest(manifest: str, folder: str, base_url: str) -> dict[str, Path]:

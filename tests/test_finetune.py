@@ -281,3 +281,39 @@ def test_augmented_fit_and_test_time_averaging(small, tmp_path):
     assert back.config.tta == 4 and np.array_equal(predict_strings(back, strings), predict_strings(aug, strings))
     with pytest.raises(Exception, match="tta"):
         TINY.replace(tta=0)
+
+
+def test_a_checkpoint_in_the_released_layout_with_the_real_tokenizer_fine_tunes_and_predicts(
+    small, cif_folders, tmp_path
+):
+    """Exactly the layout of the authors' release (HF ``ChangwenXu/CLOUD``, ``ckpt/``): ``BertForMaskedLM``
+    with BertConfig's 30,522-row embedding and pad id 0, next to their real 564-id tokenizer files (through the
+    registry). A tiny such checkpoint fine-tunes from its folder, saves, and predicts CIFs end to end on a CPU."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from cloudlib import registry
+
+    ckpt = tmp_path / "hub" / "ckpt"
+    ckpt.mkdir(parents=True)
+    for f in registry.AUTHORS_TOKENIZER_FILES:
+        shutil.copyfile(need_call(registry.fetch, f"{registry.AUTHORS_TOKENIZER}/{f}"), ckpt / f)
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64
+    )
+    assert config.vocab_size == 30522 and config.pad_token_id == 0
+    torch.manual_seed(0)
+    BertForMaskedLM(config).save_pretrained(ckpt)
+    cfg = TINY.replace(encoder=str(tmp_path / "hub"), pretrained=True, epochs=1)
+    fitted = fit(small["scope"], small["n"], cfg, progress=False)
+    assert len(fitted.tokenizer) == 564 and fitted.model.encoder.config.vocab_size == 30522
+    assert fitted.tokenizer([NACL])["input_ids"][0][0] == 0  # the authors' [CLS] is id 0
+    folder = save_predictor(fitted, tmp_path / "released-dielectric")
+    _, mixed = cif_folders
+    df = predict(mixed, model=folder).set_index("id")
+    ok = df.loc[["nacl.cif", "si.cif"]]
+    assert ok["error"].isna().all() and np.isfinite(ok["prediction"]).all()
+    assert df.loc["nacl.cif", "prediction"] == pytest.approx(predict_strings(fitted, [NACL])[0], rel=1e-6)
+    assert df.loc["empty.cif", "error"].startswith("StructureParseError:")

@@ -11,10 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import transformers
-from conftest import NACL, need
+from conftest import NACL, need, need_call
 from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
 
 from benchmarks.authors import write_authors_style_vocab
+from cloudlib import registry
 from cloudlib.errors import BlockSizeError
 from cloudlib.scope import PAPER_GENERATOR_OVERRIDES, generator_strings, wyckoff_multiplicities
 from cloudlib.tokenizer import (
@@ -286,6 +287,35 @@ def test_from_bert_vocab_matches_authors_tokenizer(authors_dir, dielectric, pret
     assert any("[UNK]" in row for row in pieces)
     assert all(row[0] == "[CLS]" and row[-1] == "[SEP]" for row in pieces)
     assert ours.pad_token_id == legacy.pad_token_id == 1
+
+
+def test_the_authors_released_tokenizer_gives_bert_tokenizers_ids_on_every_scope_string(pretrain):
+    """The real released files (github.com/ChangwenXu98/CLOUD, tokenizer_cloud_optimade/, through the registry):
+    the project's loader gives the authors' ``BertTokenizer`` ids on every SCOPE string the project has (the
+    10 k pre-training sample, dielectric fold 0 train and test, the Cv train and test splits, the edge cases)."""
+    folder = need_call(registry.authors_tokenizer_dir)
+    legacy = BertTokenizerLegacy.from_pretrained(str(folder), do_lower_case=False)
+    v5 = transformers.BertTokenizer.from_pretrained(str(folder), do_lower_case=False)
+    ours = from_bert_vocab(folder, block_size=512)
+    assert len(legacy) == len(ours) == 564 and legacy.pad_token_id == ours.pad_token_id == 1
+    assert legacy.convert_tokens_to_ids(["0.0", "0.5", "1.0"]) == [463, 513, 563]
+    strings = list(pretrain)
+    for name, column in [
+        ("finetune_dielectric_train_and_val.csv", "scope"),
+        ("finetune_dielectric_test.csv", "scope"),
+        ("cloud_cv_train_and_val.csv", "cloud"),
+        ("cloud_cv_test.csv", "cloud"),
+    ]:
+        strings += pd.read_csv(_mirror_file(name))[column].tolist()
+    assert len(strings) == 10_000 + 3_811 + 953 + 1_213 + 299
+    strings += EDGE_CASES
+    expected = legacy(strings)["input_ids"]
+    assert ours(strings)["input_ids"] == expected
+    assert v5(strings)["input_ids"] == expected
+    # the real vocabulary covers real strings: no [UNK] in any of them, words split into ## pieces in some
+    unk = legacy.unk_token_id
+    assert not any(unk in row for row in expected[: -len(EDGE_CASES)])
+    assert max(len(row) for row in expected) <= 512
 
 
 def test_from_bert_vocab_is_strict_and_saves(authors_dir, dielectric, tmp_path):
