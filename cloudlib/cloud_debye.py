@@ -664,6 +664,20 @@ def calibrate_scale(log_thetas: np.ndarray, labels: np.ndarray, level: float = 0
     return float(np.quantile(ratio, level, method="higher"))
 
 
+def members_curve(log_thetas: np.ndarray, cv, n_atoms, T: float = 300.0) -> list[float]:
+    """MAE/MAD of Cv(``T``) against ``cv`` for the ensembles of the first 1, 2, ..., k members (geometric-mean Θ
+    of each prefix; ``log_thetas`` [k, rows] as :meth:`Ensemble.log_thetas`): on rows no member saw, the
+    validation evidence for how many members are worth their cost."""
+    cv = np.asarray(cv, dtype=float)
+    mad = float(np.mean(np.abs(cv - cv.mean())))
+    n = torch.from_numpy(np.asarray(n_atoms, dtype=float))
+    out = []
+    for j in range(1, len(log_thetas) + 1):
+        theta = torch.from_numpy(np.exp(log_thetas[:j].mean(0)))
+        out.append(mae(cv, debye.heat_capacity(theta, T, n).numpy()) / mad if mad > 0 else float("nan"))
+    return out
+
+
 def fit_ensemble(
     strings: Sequence[str],
     cv,
@@ -677,7 +691,8 @@ def fit_ensemble(
 ) -> Ensemble:
     """k CLOUD-DEBYE fits (seeds ``cfg.seed + i``) on the rows left after carving ``calibration_fraction`` of
     them for calibrating the band (:func:`calibration_rows`); each member then holds out its own validation
-    rows for early stopping. ``calibration`` records the calibration rows' coverage before and after."""
+    rows for early stopping. ``calibration`` records the calibration rows' coverage before and after, and their
+    MAE/MAD of Cv(T) for the first 1, ..., k members (:func:`members_curve`)."""
     strings = list(strings)
     cv = check_values("cv", cv, positive=True)
     n = check_values("n_atoms", n_atoms, positive=True)
@@ -692,8 +707,10 @@ def fit_ensemble(
     ens = Ensemble(members, 1.0, level)
     cal_strings = [strings[j] for j in calib]
     info = {"rows": int(len(calib)), "members": k, "level": level}
-    if k > 1 and len(calib):
+    if len(calib):
         lt = ens.log_thetas(cal_strings)
+        info["mae_over_mad_by_members"] = members_curve(lt, cv[calib], n[calib], T)
+    if k > 1 and len(calib):
         labels = theta_labels(cv[calib], n[calib], T)
         info["coverage_uncalibrated"] = ens.coverage(cal_strings, cv[calib], n[calib], T, scale=1.0)
         ens.scale = calibrate_scale(lt, labels, level)

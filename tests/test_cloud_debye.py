@@ -269,6 +269,31 @@ def test_calibrate_scale_hits_the_level_on_its_own_rows():
     assert inside.mean() == pytest.approx(0.9, abs=0.01)
 
 
+def test_members_curve_scores_each_prefix_of_members(ensemble, cv_data):
+    from cloudlib.evaluation import regression_metrics
+
+    ens, _ = ensemble
+    train, _ = cv_data
+    keep, calib = cd.calibration_rows(len(train), ens.config, 0.1)
+    rows = train.iloc[calib]
+    curve = ens.calibration["mae_over_mad_by_members"]
+    assert len(curve) == 3
+    strings = list(rows["cloud"])
+    for j in (1, 3):
+        sub = cd.Ensemble(ens.members[:j])
+        cv = debye.heat_capacity(torch.from_numpy(sub.theta(strings)), 300.0, torch.tensor(rows["n_atoms"].values))
+        want = regression_metrics(rows["cv"].values, cv.numpy())["mae_over_mad"]
+        assert curve[j - 1] == pytest.approx(want, rel=1e-12)
+    # a synthetic case: members scattered around the truth, so more members are closer to it
+    rng = np.random.default_rng(1)
+    n = np.full(200, 2.0)
+    truth = rng.uniform(200, 800, 200)
+    cv_true = debye.heat_capacity(torch.from_numpy(truth), 300.0, torch.from_numpy(n)).numpy()
+    lt = np.log(truth) + rng.normal(0, 0.2, (8, 200))
+    synth = cd.members_curve(lt, cv_true, n)
+    assert synth[-1] < synth[0] / 2
+
+
 def test_ensemble_band_round_trip_and_predict(ensemble, cv_data, tmp_path):
     from cloudlib.predictor import predict
 
