@@ -319,7 +319,13 @@ def _cmd_matbench(args) -> int:
     unknown = set(args.models) - set(MODELS)
     if unknown:
         raise UsageError(f"unknown models {sorted(unknown)}; choose from {list(MODELS)}")
-    config = preset("finetune", args.preset, **_overrides(args.set))
+    overrides = _overrides(args.set)
+    if args.encoder:
+        from .model import encoder_kind
+
+        encoder_kind(args.encoder)  # a typed error naming it now, not after the data is loaded
+        overrides["encoder"] = args.encoder
+    config = preset("finetune", args.preset, **overrides)
     if args.tasks == ["offline"] or args.tasks[0].startswith("offline:"):
         from .finetune_studies import run_offline
 
@@ -484,6 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preset", choices=sorted(PRESETS["finetune"]), default="laptop", help="fine-tuning preset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a FinetuneConfig field")
+    p.add_argument(
+        "--encoder",
+        help="the pre-trained encoder CLOUD fine-tunes: a model folder (also the authors' layout, with ckpt/) or a "
+        "Hugging Face id such as ChangwenXu/CLOUD (the released weights; needs internet); default: the preset's",
+    )
     p.add_argument("--models", nargs="+", default=["CLOUD", "CLOUD-scratch", "RF-Magpie", "Dummy"])
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--jobs", type=int, default=1)

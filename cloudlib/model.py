@@ -199,6 +199,27 @@ def load_authors_checkpoint(repo_or_path: str = "ChangwenXu/CLOUD", subfolder: s
     return load_mlm(local, subfolder)
 
 
+def encoder_kind(encoder: str) -> str:
+    """What ``encoder`` names, checked before anything is trained: "preset" (a size preset), "folder" (a model
+    folder, or the authors' layout with a ``ckpt`` subfolder) or "hub" (a Hugging Face repo id, ``owner/name``,
+    fetched when used). Anything else is a :class:`ModelError` naming it."""
+    from .paths import resolve
+
+    if encoder in PRESETS or _SPEC.match(str(encoder)):
+        return "preset"
+    folder = resolve(encoder)
+    if folder.is_dir():
+        if not ((folder / "config.json").is_file() or (folder / "ckpt" / "config.json").is_file()):
+            raise ModelError("not a model folder (no config.json, nor ckpt/config.json)", str(folder))
+        return "folder"
+    text = str(encoder)
+    if text.count("/") == 1 and not folder.exists() and not text.startswith((".", "/", "~")) and all(text.split("/")):
+        return "hub"
+    raise ModelError(
+        f"not a model folder, not a Hugging Face id (owner/name) and not a size preset ({sorted(PRESETS)})", text
+    )
+
+
 def build_encoder(encoder: str, pretrained: bool = True, seed: int = 0):
     """(BertModel without pooler, tokenizer) for fine-tuning.
 
@@ -210,7 +231,8 @@ def build_encoder(encoder: str, pretrained: bool = True, seed: int = 0):
 
     from .paths import resolve
 
-    if encoder in PRESETS or _SPEC.match(str(encoder)):
+    kind = encoder_kind(encoder)
+    if kind == "preset":
         if pretrained:
             raise ModelError(
                 "is a size preset, which has no pre-trained weights; pass a model folder or pretrained=False", encoder
@@ -222,16 +244,12 @@ def build_encoder(encoder: str, pretrained: bool = True, seed: int = 0):
         config = bert_config(size, tok)
     else:
         folder = resolve(encoder)
-        if folder.is_dir():
+        if kind == "folder":
             sub = "ckpt" if (folder / "ckpt" / "config.json").exists() and not (folder / "config.json").exists() else ""
-            if not (folder / sub / "config.json").is_file():
-                raise ModelError("not a model folder (no config.json)", str(folder))
             with quiet_loading():
                 mlm, tok = load_mlm(folder, sub)
-        elif "/" in str(encoder) and not folder.exists() and not str(encoder).startswith((".", "/")):
-            mlm, tok = load_authors_checkpoint(str(encoder))  # a Hugging Face repo id
         else:
-            raise ModelError(f"not a model folder and not a size preset ({sorted(PRESETS)})", encoder)
+            mlm, tok = load_authors_checkpoint(str(encoder))  # a Hugging Face repo id
         if pretrained:
             bert = mlm.bert
             bert.config._attn_implementation = "sdpa"

@@ -317,3 +317,19 @@ def test_a_checkpoint_in_the_released_layout_with_the_real_tokenizer_fine_tunes_
     assert ok["error"].isna().all() and np.isfinite(ok["prediction"]).all()
     assert df.loc["nacl.cif", "prediction"] == pytest.approx(predict_strings(fitted, [NACL])[0], rel=1e-6)
     assert df.loc["empty.cif", "error"].startswith("StructureParseError:")
+
+
+def test_encoder_kind_names_what_an_encoder_is_before_any_training(tmp_path, capsys):
+    from cloudlib.model import encoder_kind
+
+    assert encoder_kind("tiny") == "preset" and encoder_kind("L2xD64") == "preset"
+    assert encoder_kind("models/cloud-laptop") == "folder"
+    assert encoder_kind("ChangwenXu/CLOUD") == "hub"  # not fetched here: fetched when fine-tuning starts
+    (tmp_path / "empty").mkdir()
+    for bad in (str(tmp_path / "empty"), str(tmp_path / "missing"), "a/b/c", "nonsense"):
+        with pytest.raises(ModelError) as info:
+            encoder_kind(bad)
+        assert bad.rsplit("/", 1)[-1] in str(info.value)
+    # the command line refuses it at once, naming it (exit 1), before loading any data
+    assert main(["matbench", "--preset", "smoke", "--encoder", str(tmp_path / "missing"), "--folds", "0"]) == 1
+    assert "missing" in capsys.readouterr().err
