@@ -292,7 +292,9 @@ def _prepare(strings: list[str], cfg: FinetuneConfig):
 
 def _validation(kind: str, tok, cfg, strings, val_idx, T, cv, n):
     """The validation score of a Cv head: MAE of Cv (J/(K·mol)) over the known points of the held-out rows."""
-    val_strings, cv_val = [strings[i] for i in val_idx], np.asarray(cv, float)[val_idx].reshape(len(val_idx), -1)
+    val_strings = [strings[i] for i in val_idx]
+    cv_val = np.asarray(cv, float)[val_idx]
+    cv_val = cv_val[:, None] if cv_val.ndim == 1 else cv_val  # [rows, temperatures]; no rows with val_fraction 0
 
     def val_mae(m):
         if not len(val_idx):

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         out["members"] = args.members
         out["calibration"] = ens.calibration
-        out["member_val_mae"] = [float(m.history["val_mae"].min()) for m in ens.members]
+        out["member_val_mae"] = [float(m.history.get("val_mae", pd.Series(dtype=float)).min()) for m in ens.members]
         out["member_best_epoch"] = [m.best_epoch for m in ens.members]
         if args.save:
             cloud_debye.save_ensemble(ens, args.save, card={"made_by": command, "training_rows": len(train)})

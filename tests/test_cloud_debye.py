@@ -93,6 +93,21 @@ def test_curve_regressor_trains_and_predicts_shapes(cv_data):
         fitted.theta(["x"])
 
 
+def test_cv_heads_train_without_validation_rows(cv_data):
+    """``val_fraction=0`` (every training row trains; the last epoch is kept): no validation score is logged."""
+    train, _ = cv_data
+    rows = train.iloc[:64]
+    cfg = preset("debye", "smoke", epochs=2, val_fraction=0.0)
+    fitted = cd.fit_debye(rows["cloud"], rows["cv"], rows["n_atoms"], cfg, progress=False)
+    assert "val_mae" not in fitted.history and fitted.best_epoch == 2
+    assert np.isfinite(fitted.theta(list(rows["cloud"][:3]))).all()
+    T = np.array([100.0, 300.0])
+    curves = cd.fit_curves(
+        rows["cloud"], T, np.c_[rows["cv"] * 0.5, rows["cv"]], rows["n_atoms"], cfg.replace(epochs=1), progress=False
+    )
+    assert "val_mae" not in curves.history
+
+
 def test_audit_flags_each_kind_of_violation():
     T = np.array([1.0, 10.0, 100.0, 1000.0, 3000.0])
     n = np.array([1.0] * 6)
