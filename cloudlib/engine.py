@@ -241,6 +241,8 @@ def cloud_attention(module, query, key, value, attention_mask, dropout: float = 
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
         else:
             scores = scores + attention_mask
+    # softmax in float32, then back: on a CPU 3.5x faster than torch's bf16 softmax, forward and backward, despite
+    # the two casts ([128, 4, 30, 30], 2 threads, Zen 4, 2026-12-07; issue 24: measured, not assumed)
     probs = fast_dropout(torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype), dropout)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
 
