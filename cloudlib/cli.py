@@ -305,6 +305,7 @@ def _cmd_pretrain(args) -> int:
         overrides=_overrides(args.set),
         progress=not args.quiet,
         jobs=args.jobs,
+        corpus=args.corpus,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
@@ -478,6 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a PretrainConfig field")
     p.add_argument("--jobs", type=int, default=1, help="processes for building the corpus cache")
+    p.add_argument(
+        "--corpus",
+        default=None,
+        help="pre-train on this corpus instead of the offline one: a CSV (.csv, .csv.gz) or Parquet file with a "
+        "'scope' or 'cloud' column (e.g. the authors' 6.3 M CSV), a folder of such shards, or a harvest folder",
+    )
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_pretrain)
 

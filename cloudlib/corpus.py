@@ -311,3 +311,69 @@ def load_pretraining_corpus(
     corpus = corpus[~long & ~held].copy()
     corpus.attrs.update(too_long=int(long.sum()), held_out=int((held & ~long).sum()), holdout=list(holdout))
     return corpus, table
+
+
+#: Columns a corpus file may hold its SCOPE strings in: ours, and the authors' (their 6.3 M CSV and 10 k sample).
+CORPUS_COLUMNS = ("scope", "cloud")
+CORPUS_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+
+
+def _corpus_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(CORPUS_SUFFIXES))
+
+
+def _read_corpus_file(path: Path) -> pd.Series:
+    try:
+        if path.name.endswith(".parquet"):
+            df = pd.read_parquet(path)  # needs pyarrow (or fastparquet)
+        else:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except ImportError as exc:
+        raise DataError(f"reading Parquet needs pyarrow ({exc}); pip install pyarrow", str(path)) from exc
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DataError(f"does not read as a corpus table ({type(exc).__name__}: {exc})", str(path)) from exc
+    column = next((c for c in CORPUS_COLUMNS if c in df.columns), None)
+    if column is None:
+        raise DataError(f"no SCOPE column: expected one of {list(CORPUS_COLUMNS)}, found {list(df.columns)}", str(path))
+    return df[column].astype(str)
+
+
+def read_corpus(path: str | os.PathLike) -> tuple[list[str], dict]:
+    """The SCOPE strings of any corpus, for ``pretrain --corpus``: a CSV (``.csv`` / ``.csv.gz``) or Parquet file with
+    a ``scope`` or ``cloud`` column (the authors' 6.3 M CSV, their 10 k sample), a folder of such shards (read in
+    name order), or a harvest folder (:func:`cloudlib.harvest.harvest`: its successful rows). Blank strings are
+    dropped, duplicates removed (first kept), strings over :data:`BLOCK_TOKENS` counted and left out. Returns
+    (strings, counts). A missing path, a folder with no shards, a file without a SCOPE column or one that does not
+    parse is a :class:`DataError` naming it."""
+    from .paths import resolve
+
+    root = resolve(path)
+    if root.is_dir() and (root / "state.json").is_file():
+        from .harvest import load_harvest
+
+        table = load_harvest(root)
+        parts = [table.loc[table["error"].fillna("") == "", "scope"].astype(str)]
+        files = [root / "state.json"]
+    elif root.is_dir():
+        files = _corpus_files(root)
+        if not files:
+            raise DataError(f"no corpus shards ({', '.join(CORPUS_SUFFIXES)}) and no harvest state.json", str(root))
+        parts = [_read_corpus_file(f) for f in files]
+    elif root.is_file():
+        files, parts = [root], [_read_corpus_file(root)]
+    else:
+        raise DataError("no such corpus file or folder", str(path))
+    rows = pd.concat(parts, ignore_index=True).str.strip() if parts else pd.Series(dtype=str)
+    rows = rows[rows != ""]
+    unique = list(dict.fromkeys(rows))
+    fits = [s for s in unique if n_tokens(s) <= BLOCK_TOKENS]
+    counts = {
+        "files": len(files),
+        "rows": int(len(rows)),
+        "unique": len(unique),
+        "too long": len(unique) - len(fits),
+        "strings": len(fits),
+    }
+    if not fits:
+        raise DataError(f"holds no usable SCOPE string ({counts})", str(path))
+    return fits, counts

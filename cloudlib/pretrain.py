@@ -212,12 +212,24 @@ def pretrain(
 
 
 def pretrain_preset(
-    name: str, out_dir, resume: bool = False, overrides: dict | None = None, progress: bool = True, jobs: int = 1
+    name: str,
+    out_dir,
+    resume: bool = False,
+    overrides: dict | None = None,
+    progress: bool = True,
+    jobs: int = 1,
+    corpus: str | os.PathLike | None = None,
 ) -> dict:
-    """Pre-train on the offline corpus (:func:`cloudlib.corpus.load_pretraining_corpus`) with a preset."""
+    """Pre-train with a preset on the offline corpus (:func:`cloudlib.corpus.load_pretraining_corpus`) or, with
+    ``corpus``, on any corpus file or folder (:func:`cloudlib.corpus.read_corpus`: the authors' CSV, CSV /
+    Parquet shards, a harvest folder)."""
     from .config import preset
-    from .corpus import load_pretraining_corpus
+    from .corpus import load_pretraining_corpus, read_corpus
 
     cfg = preset("pretrain", name, **(overrides or {}))
-    corpus, _ = load_pretraining_corpus(limit=cfg.corpus_limit, jobs=jobs, progress=False, holdout=cfg.holdout)
-    return pretrain(list(corpus.index), cfg, out_dir, resume=resume, progress=progress)
+    if corpus is not None:
+        strings, _ = read_corpus(corpus)
+    else:
+        table, _ = load_pretraining_corpus(limit=cfg.corpus_limit, jobs=jobs, progress=False, holdout=cfg.holdout)
+        strings = list(table.index)
+    return pretrain(strings, cfg, out_dir, resume=resume, progress=progress)

@@ -730,3 +730,15 @@ def test_cli_max_pages_and_unreachable(hostile, tmp_path, capsys):
     assert main(["harvest", "ftp://x/y", str(tmp_path / "f"), "-q"]) == 1
     assert main(["harvest", url, str(tmp_path / "f"), "-q", "--timeout", "0"]) == 1
     assert "timeout" in capsys.readouterr().err
+
+
+def test_a_harvest_folder_is_a_pretraining_corpus(curated, tmp_path):
+    """``pretrain --corpus HARVEST_FOLDER`` reads the harvest's successful SCOPE strings (cloudlib.corpus.read_corpus)."""
+    from cloudlib.corpus import read_corpus
+
+    base, _ = curated
+    table = harvest(base, tmp_path / "h", page_limit=7, progress=False)
+    ok = table.loc[table["error"].fillna("") == "", "scope"]
+    assert len(ok) and (table["error"].fillna("") != "").any()  # the curated server has good and bad entries
+    strings, counts = read_corpus(tmp_path / "h")
+    assert strings == list(dict.fromkeys(ok)) and counts["rows"] == len(ok) and counts["too long"] == 0

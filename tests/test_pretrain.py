@@ -19,6 +19,7 @@ from conftest import NACL, need
 from benchmarks.authors import write_authors_style_vocab
 from cloudlib import config
 from cloudlib import model as cm
+from cloudlib.cli import main
 from cloudlib.engine import Encoded, encode, epoch_batches, lr_lambda
 from cloudlib.pretrain import mask_tokens, split_strings
 from cloudlib.tokenizer import make_tokenizer
@@ -308,3 +309,46 @@ def test_paper_preset_runs_a_few_steps_on_cpu(tmp_path):
     config = json.loads((tmp_path / "paper" / "config.json").read_text())
     assert config["model"] == "base" and config["lr"] == 1e-4 and 85e6 < config["non_embedding_params"] < 86e6
     assert json.loads((tmp_path / "paper" / "summary.json").read_text())["steps"] == 2
+
+
+def test_any_corpus_file_or_folder_pretrains(tmp_path, strings, capsys):
+    """``pretrain --corpus``: the authors' CSV (their ``cloud`` column), a folder of CSV shards (``scope``, one
+    gzipped), blanks, duplicates and over-long strings dropped and counted; bad inputs named."""
+    from cloudlib.corpus import BLOCK_TOKENS, read_corpus
+    from cloudlib.errors import DataError
+
+    authors = need("cloud/pretrain_cloud_10k.csv")
+    got, counts = read_corpus(authors)
+    assert len(got) == counts["strings"] == counts["unique"] - counts["too long"] and counts["rows"] == 10_000
+    assert got[:5] == pd.read_csv(authors)["cloud"].tolist()[:5]
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    long = " ".join(["Na 0.5"] * BLOCK_TOKENS)
+    pd.DataFrame({"scope": strings[:30] + ["", long]}).to_csv(shards / "part-000.csv", index=False)
+    pd.DataFrame({"scope": strings[25:60]}).to_csv(shards / "part-001.csv.gz", index=False)
+    (shards / "notes.txt").write_text("not a shard")
+    got, counts = read_corpus(shards)
+    assert got == list(dict.fromkeys(strings[:60])) and counts["files"] == 2 and counts["too long"] == 1
+    assert counts["rows"] == 30 + 1 + 35  # the blank row is dropped before counting
+
+    for bad, why in [
+        (tmp_path / "missing", "no such corpus"),
+        (tmp_path, "no corpus shards"),
+    ]:
+        with pytest.raises(DataError, match=why):
+            read_corpus(bad)
+    wrong = tmp_path / "wrong.csv"
+    pd.DataFrame({"formula": ["NaCl"]}).to_csv(wrong, index=False)
+    with pytest.raises(DataError, match="no SCOPE column.*formula"):
+        read_corpus(wrong)
+    # the command line end to end on the shards (smoke preset), and a bad corpus named with exit 1
+    out = tmp_path / "run"
+    overrides = ["--set", "max_steps=3", "--set", "eval_every=3"]
+    assert main(["pretrain", "--preset", "smoke", "--corpus", str(shards), "--out", str(out), *overrides, "-q"]) == 0
+    assert json.loads((out / "config.json").read_text())["n_train"] + json.loads((out / "config.json").read_text())[
+        "n_val"
+    ] == len(list(dict.fromkeys(strings[:60])))
+    capsys.readouterr()
+    assert main(["pretrain", "--preset", "smoke", "--corpus", str(wrong), "--out", str(out), "-q"]) == 1
+    assert "wrong.csv" in capsys.readouterr().err
