@@ -327,10 +327,11 @@ def test_any_corpus_file_or_folder_pretrains(tmp_path, strings, capsys):
     long = " ".join(["Na 0.5"] * BLOCK_TOKENS)
     pd.DataFrame({"scope": strings[:30] + ["", long]}).to_csv(shards / "part-000.csv", index=False)
     pd.DataFrame({"scope": strings[25:60]}).to_csv(shards / "part-001.csv.gz", index=False)
+    pd.DataFrame({"scope": strings[55:70]}).to_parquet(shards / "part-002.parquet")
     (shards / "notes.txt").write_text("not a shard")
     got, counts = read_corpus(shards)
-    assert got == list(dict.fromkeys(strings[:60])) and counts["files"] == 2 and counts["too long"] == 1
-    assert counts["rows"] == 30 + 1 + 35  # the blank row is dropped before counting
+    assert got == list(dict.fromkeys(strings[:70])) and counts["files"] == 3 and counts["too long"] == 1
+    assert counts["rows"] == 30 + 1 + 35 + 15  # the blank row is dropped before counting
 
     for bad, why in [
         (tmp_path / "missing", "no such corpus"),
@@ -348,7 +349,7 @@ def test_any_corpus_file_or_folder_pretrains(tmp_path, strings, capsys):
     assert main(["pretrain", "--preset", "smoke", "--corpus", str(shards), "--out", str(out), *overrides, "-q"]) == 0
     assert json.loads((out / "config.json").read_text())["n_train"] + json.loads((out / "config.json").read_text())[
         "n_val"
-    ] == len(list(dict.fromkeys(strings[:60])))
+    ] == len(list(dict.fromkeys(strings[:70])))
     capsys.readouterr()
     assert main(["pretrain", "--preset", "smoke", "--corpus", str(wrong), "--out", str(out), "-q"]) == 1
     assert "wrong.csv" in capsys.readouterr().err
