@@ -41,7 +41,7 @@ from . import debye, engine
 from .config import FinetuneConfig
 from .debye import dulong_petit
 from .errors import ConfigError, InvalidTargetError
-from .evaluation import mae
+from .evaluation import mae, regression_metrics
 from .finetune import SEED_STREAM, epochs_of, train_head, train_val_indices
 from .model import CloudDebye, CurveRegressor, build_encoder
 
@@ -670,13 +670,11 @@ def members_curve(log_thetas: np.ndarray, cv, n_atoms, T: float = 300.0) -> list
     """MAE/MAD of Cv(``T``) against ``cv`` for the ensembles of the first 1, 2, ..., k members (geometric-mean Θ
     of each prefix; ``log_thetas`` [k, rows] as :meth:`Ensemble.log_thetas`): on rows no member saw, the
     validation evidence for how many members are worth their cost."""
-    cv = np.asarray(cv, dtype=float)
-    mad = float(np.mean(np.abs(cv - cv.mean())))
     n = torch.from_numpy(np.asarray(n_atoms, dtype=float))
     out = []
     for j in range(1, len(log_thetas) + 1):
         theta = torch.from_numpy(np.exp(log_thetas[:j].mean(0)))
-        out.append(mae(cv, debye.heat_capacity(theta, T, n).numpy()) / mad if mad > 0 else float("nan"))
+        out.append(regression_metrics(cv, debye.heat_capacity(theta, T, n).numpy())["mae_over_mad"])
     return out
 
 
@@ -712,11 +710,11 @@ def fit_ensemble(
     if len(calib):
         lt = ens.log_thetas(cal_strings)
         info["mae_over_mad_by_members"] = members_curve(lt, cv[calib], n[calib], T)
-    if k > 1 and len(calib):
-        labels = theta_labels(cv[calib], n[calib], T)
-        info["coverage_uncalibrated"] = ens.coverage(cal_strings, cv[calib], n[calib], T, scale=1.0)
-        ens.scale = calibrate_scale(lt, labels, level)
-        info["coverage_calibrated"] = ens.coverage(cal_strings, cv[calib], n[calib], T)
+        if k > 1:
+            labels = theta_labels(cv[calib], n[calib], T)
+            info["coverage_uncalibrated"] = ens.coverage(cal_strings, cv[calib], n[calib], T, scale=1.0)
+            ens.scale = calibrate_scale(lt, labels, level)
+            info["coverage_calibrated"] = ens.coverage(cal_strings, cv[calib], n[calib], T)
     info["scale"] = ens.scale
     ens.calibration = info
     return ens

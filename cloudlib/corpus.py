@@ -363,7 +363,7 @@ def read_corpus(path: str | os.PathLike) -> tuple[list[str], dict]:
         files, parts = [root], [_read_corpus_file(root)]
     else:
         raise DataError("no such corpus file or folder", str(path))
-    rows = pd.concat(parts, ignore_index=True).str.strip() if parts else pd.Series(dtype=str)
+    rows = pd.concat(parts, ignore_index=True).str.strip()
     rows = rows[rows != ""]
     unique = list(dict.fromkeys(rows))
     fits = [s for s in unique if n_tokens(s) <= BLOCK_TOKENS]

@@ -383,8 +383,9 @@ def param_groups(modules: list[tuple[nn.Module, float]], weight_decay: float) ->
     return groups
 
 
-# AdamW's fused kernel on a CPU too (torch's default there is the multi-tensor "foreach" one): 1.12-1.14x the
-# shipped-size step on a 2-core Zen 4 (`python -m benchmarks pretrain` / `finetune`, issue 24).
+# AdamW's fused kernel on a CPU too (torch's default there is the multi-tensor "foreach" one): alone, 1.00-1.14x the
+# shipped-size step on a 2-core Zen 4 over this day's runs of `python -m benchmarks pretrain` / `finetune` (issue 24;
+# data/recipe/bench), never slower beyond the run-to-run noise.
 CPU_FUSED_ADAMW = True
 
 

@@ -96,15 +96,32 @@ _JLB_LICENCE = "NIST (public data; github.com/usnistgov/jarvis_leaderboard)"
 #: The 3DSC Materials Project CIFs: one registry entry for the manifest, one file per line of it.
 DSC3_CIF_URL = f"{_GH}/aimat-lab/3DSC/{DSC3_COMMIT}/superconductors_3D/data/source/MP/raw/cifs"
 
-#: The authors' released tokenizer (github.com/ChangwenXu98/CLOUD, ``tokenizer_cloud_optimade/``), one entry per file.
+#: The authors' released tokenizer (github.com/ChangwenXu98/CLOUD, ``tokenizer_cloud_optimade/``): file -> (sha256,
+#: what it holds); one registry entry per file, named ``AUTHORS_TOKENIZER/file``.
 AUTHORS_TOKENIZER = "cloud/tokenizer_cloud_optimade"
-AUTHORS_TOKENIZER_FILES = (
-    "vocab.txt",
-    "added_tokens.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "config_tokenizer.yaml",
-)
+_AUTHORS_TOKENIZER_TABLE = {
+    "vocab.txt": (
+        "f0e8e3f89481a301829805471b0e05136b9a7010928b584c5093410b19cc6ca4",
+        "its 463-line WordPiece vocabulary",
+    ),
+    "added_tokens.json": (
+        "c5f9d5bb2f18c674bdadca264fab41a0195a9bc240552c09656686782da7c9ec",
+        "the 101 added fraction tokens 0.0..1.0 (ids 463-563)",
+    ),
+    "tokenizer_config.json": (
+        "379728e38cdaeba17323a37b44698ffc1f1dad14cb6d6694f7e66f7d61b6994a",
+        "BertTokenizer settings and added-token table",
+    ),
+    "special_tokens_map.json": (
+        "b6d346be366a7d1d48332dbc9fdf3bf8960b5d879522b7799ddba59e76237ee3",
+        "its special tokens",
+    ),
+    "config_tokenizer.yaml": (
+        "c818c7d583b6f1ee1919ba0ba61e2123ad7cd6d892cfabdc689cd03e320831f4",
+        "the settings they trained it with",
+    ),
+}
+AUTHORS_TOKENIZER_FILES = tuple(_AUTHORS_TOKENIZER_TABLE)
 
 REGISTRY: dict[str, Dataset] = {
     d.name: d
@@ -158,40 +175,15 @@ REGISTRY: dict[str, Dataset] = {
             _MIT_CLOUD,
             "space group -> Wyckoff letter -> multiplicity",
         ),
-        Dataset(
-            "cloud/tokenizer_cloud_optimade/vocab.txt",
-            "f0e8e3f89481a301829805471b0e05136b9a7010928b584c5093410b19cc6ca4",
-            f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/tokenizer_cloud_optimade/vocab.txt",
-            _MIT_CLOUD,
-            "the authors' released tokenizer: its 463-line WordPiece vocabulary",
-        ),
-        Dataset(
-            "cloud/tokenizer_cloud_optimade/added_tokens.json",
-            "c5f9d5bb2f18c674bdadca264fab41a0195a9bc240552c09656686782da7c9ec",
-            f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/tokenizer_cloud_optimade/added_tokens.json",
-            _MIT_CLOUD,
-            "the authors' released tokenizer: the 101 added fraction tokens 0.0..1.0 (ids 463-563)",
-        ),
-        Dataset(
-            "cloud/tokenizer_cloud_optimade/tokenizer_config.json",
-            "379728e38cdaeba17323a37b44698ffc1f1dad14cb6d6694f7e66f7d61b6994a",
-            f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/tokenizer_cloud_optimade/tokenizer_config.json",
-            _MIT_CLOUD,
-            "the authors' released tokenizer: BertTokenizer settings and added-token table",
-        ),
-        Dataset(
-            "cloud/tokenizer_cloud_optimade/special_tokens_map.json",
-            "b6d346be366a7d1d48332dbc9fdf3bf8960b5d879522b7799ddba59e76237ee3",
-            f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/tokenizer_cloud_optimade/special_tokens_map.json",
-            _MIT_CLOUD,
-            "the authors' released tokenizer: its special tokens",
-        ),
-        Dataset(
-            "cloud/tokenizer_cloud_optimade/config_tokenizer.yaml",
-            "c818c7d583b6f1ee1919ba0ba61e2123ad7cd6d892cfabdc689cd03e320831f4",
-            f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/tokenizer_cloud_optimade/config_tokenizer.yaml",
-            _MIT_CLOUD,
-            "the authors' released tokenizer: the settings they trained it with",
+        *(
+            Dataset(
+                f"{AUTHORS_TOKENIZER}/{file}",
+                sha,
+                f"{_GH}/ChangwenXu98/CLOUD/{CLOUD_COMMIT}/tokenizer_cloud_optimade/{file}",
+                _MIT_CLOUD,
+                f"the authors' released tokenizer: {what}",
+            )
+            for file, (sha, what) in _AUTHORS_TOKENIZER_TABLE.items()
         ),
         Dataset(
             "cdvae/perov_5_val.csv",
