@@ -608,9 +608,9 @@ _START_METHOD: str | None = None
 def _pool_worker(conn, items, settings: tuple, close: list, progress, slot: int) -> None:
     """Worker loop: receive chunks (seq, [(index, payload)]), send each chunk's results as one list.
 
-    Before each item the worker writes the chunk's seq, its position in the chunk and the start time
-    (``time.monotonic``) to ``progress[3 * slot : 3 * slot + 3]``, shared memory the parent reads when the
-    worker dies or runs late: no message per item. ``payload`` None (fork): the item is ``items[index]``,
+    Before each item the worker writes the start time (``time.monotonic``), its position in the chunk and
+    the chunk's seq, in that order, to ``progress[3 * slot : 3 * slot + 3]``, shared memory the parent reads
+    when the worker dies or runs late: no message per item. ``payload`` None (fork): the item is ``items[index]``,
     inherited from the parent; otherwise the pickled (id, item), unpickled here one at a time so that a
     payload that kills its worker is blamed alone."""
     for c in close:  # fork: the parent's ends of this pipe and of the other workers' pipes
@@ -621,10 +621,13 @@ def _pool_worker(conn, items, settings: tuple, close: list, progress, slot: int)
         while (message := conn.recv()) is not None:
             seq, task = message
             results = []
-            progress[3 * slot] = seq
             for pos, (i, payload) in enumerate(task):
+                # Start time first, seq last: a record read between these writes shows at worst a start
+                # time later than the truth (never an old one, which would trip the time limit) with the
+                # previous item; once the item runs (and may kill the worker) all three are its own.
                 progress[3 * slot + 2] = time.monotonic()
                 progress[3 * slot + 1] = pos
+                progress[3 * slot] = seq
                 if payload is None:
                     results.append(_encode_item(*items[i], *settings))
                     continue
