@@ -44,6 +44,7 @@ from .errors import ConfigError, InvalidTargetError
 from .evaluation import mae, regression_metrics
 from .finetune import SEED_STREAM, epochs_of, train_head, train_val_indices
 from .model import CloudDebye, CurveRegressor, build_encoder
+from .scope import expand_variants, group_mean
 
 
 def check_values(name: str, values, positive: bool = False) -> np.ndarray:
@@ -69,12 +70,21 @@ class Fitted:
     seconds: float = 0.0
 
     def outputs(self, strings: Sequence[str], fn=None, batch_size: int = 256) -> torch.Tensor:
-        """``fn(input_ids, attention_mask)`` (default: the model) for every string, in order, in eval mode."""
+        """``fn(input_ids, attention_mask)`` (default: the model) for every string, in order, in eval mode; with
+        ``config.tta > 1`` the mean over the string and its equivalent orders (test-time augmentation)."""
         device = next(self.model.parameters()).device
         self.model.eval()
-        return engine.batched_outputs(
-            fn or self.model, engine.encode(self.tokenizer, list(strings)), batch_size, device, self.config.precision
+        strings, groups = list(strings), None
+        tta = getattr(self.config, "tta", 1)
+        if tta > 1 and strings:
+            strings, groups = expand_variants(strings, tta, self.config.seed)
+        out = engine.batched_outputs(
+            fn or self.model, engine.encode(self.tokenizer, strings), batch_size, device, self.config.precision
         )
+        if groups is None:
+            return out
+        dtype = out.dtype
+        return torch.from_numpy(group_mean(out.double().numpy(), groups)).to(dtype)
 
     def _need_debye(self) -> None:
         if self.kind != "debye":
@@ -83,7 +93,11 @@ class Fitted:
     def theta(self, strings: Sequence[str]) -> np.ndarray:
         """Debye temperatures (K) of SCOPE strings (CLOUD-DEBYE only)."""
         self._need_debye()
-        return self.outputs(strings).double().numpy() if len(strings) else np.zeros(0)
+        if not len(strings):
+            return np.zeros(0)
+        if getattr(self.config, "tta", 1) > 1:  # Θ of the mean head output over orders (log map: geometric mean)
+            return self.model.theta_of(torch.from_numpy(self.raw(strings))).numpy()
+        return self.outputs(strings).double().numpy()
 
     def spectrum(self, strings: Sequence[str]) -> dict[str, np.ndarray]:
         """Debye + Einstein models (:func:`fit_physics` with ``head="einstein"``): ``{"theta": Θ_D [M],
@@ -149,7 +163,6 @@ def parse_temperatures(spec) -> np.ndarray:
     """Temperatures in K from ``"START:STOP:STEP"`` (STOP included when the steps reach it), ``"300"``,
     ``"100,300,500"`` or a sequence of numbers. Raises :class:`~cloudlib.errors.ConfigError` naming the input
     for an empty, non-numeric, zero, negative, NaN or infinite temperature, or a range with a step <= 0."""
-    from .errors import ConfigError
 
     name = f"temperatures {spec!r}"
     try:
@@ -198,8 +211,9 @@ class _HeadObjective(engine.Objective):
     monitor = "val_mae"
     seed_stream = SEED_STREAM
 
-    def __init__(self, data: engine.Encoded, train_idx: np.ndarray, val_mae, device):
-        self.train, self.rows, self.val_mae, self.device = data.rows(train_idx), train_idx, val_mae, device
+    def __init__(self, data: tuple[engine.Encoded, np.ndarray], val_mae, device):
+        """``data``: the encoded training strings and the original row of each (:func:`_training_data`)."""
+        (self.train, self.rows), self.val_mae, self.device = data, val_mae, device
         self.lengths = self.train.lengths
 
     def evaluate(self, model):
@@ -212,8 +226,8 @@ class DebyeObjective(_HeadObjective):
 
     name = "CLOUD-DEBYE"
 
-    def __init__(self, data, train_idx, cv, n_atoms, T, val_mae, device):
-        super().__init__(data, train_idx, val_mae, device)
+    def __init__(self, data, cv, n_atoms, T, val_mae, device):
+        super().__init__(data, val_mae, device)
         self.cv, self.n, self.T = torch.from_numpy(cv), torch.from_numpy(n_atoms), torch.tensor(T, dtype=torch.float64)
 
     def loss(self, model, idx, g):
@@ -234,8 +248,8 @@ class CurveObjective(_HeadObjective):
 
     name = "direct Cv(T)"
 
-    def __init__(self, data, train_idx, frac, T, val_mae, device):
-        super().__init__(data, train_idx, val_mae, device)
+    def __init__(self, data, frac, T, val_mae, device):
+        super().__init__(data, val_mae, device)
         self.frac, self.T = frac, torch.from_numpy(T)
 
     def loss(self, model, idx, g):
@@ -254,8 +268,8 @@ class PhysicsObjective(_HeadObjective):
     row (NaN = not measured: the authors' rows know 300 K only, a phonon curve knows its whole grid); each row's
     points are averaged first, so every crystal weighs the same whatever its number of temperatures."""
 
-    def __init__(self, data, train_idx, frac, T, val_mae, device, head: str):
-        super().__init__(data, train_idx, val_mae, device)
+    def __init__(self, data, frac, T, val_mae, device, head: str):
+        super().__init__(data, val_mae, device)
         self.frac, self.T, self.head = frac, torch.from_numpy(T), head
 
     def fraction(self, model, ids, mask) -> torch.Tensor:
@@ -281,13 +295,19 @@ class PhysicsObjective(_HeadObjective):
 
 def _prepare(strings: list[str], cfg: FinetuneConfig):
     """What every head starts from: the clock, the held-out rows and the encoder."""
-    for name in ("augment", "tta"):  # the Cv heads train and predict on the strings as given
-        if getattr(cfg, name) != 1:
-            raise ConfigError(f"the Cv(T) heads do not support {name} (got {getattr(cfg, name)}); use 1", name)
     t0 = time.perf_counter()
     train_idx, val_idx = train_val_indices(len(strings), cfg)
     encoder, tok = build_encoder(cfg.encoder, cfg.pretrained, cfg.seed)
     return t0, train_idx, val_idx, encoder, tok
+
+
+def _training_data(tok, strings: list[str], train_idx: np.ndarray, cfg: FinetuneConfig):
+    """(encoded training strings, the original row of each): with ``cfg.augment > 1`` each training string and
+    up to ``augment - 1`` equivalent orders (:func:`cloudlib.scope.scope_variants`), each with its row's target."""
+    if cfg.augment <= 1:
+        return engine.encode(tok, strings).rows(train_idx), train_idx
+    aug, groups = expand_variants([strings[i] for i in train_idx], cfg.augment, cfg.seed)
+    return engine.encode(tok, aug), train_idx[groups]
 
 
 def _validation(kind: str, tok, cfg, strings, val_idx, T, cv, n):
@@ -340,7 +360,7 @@ def fit_debye(
     model = CloudDebye(encoder, cfg.dropout, float(log_theta.mean()), float(log_theta.std()) or 1.0, parameterisation)
     val_mae = _validation("debye", tok, cfg, strings, val_idx, [T], cv, n)
     objective = DebyeObjective(
-        engine.encode(tok, strings), train_idx, cv, n, T, val_mae, engine.setup_distributed().device
+        _training_data(tok, strings, train_idx, cfg), cv, n, T, val_mae, engine.setup_distributed().device
     )
     objective.name = f"CLOUD-DEBYE ({parameterisation})"
     return _train(model, objective, cfg, progress, t0, tok, "debye", checkpoint_dir, resume)
@@ -376,7 +396,7 @@ def fit_curves(
     model = CurveRegressor(encoder, cfg.dropout)
     val_mae = _validation("curves", tok, cfg, strings, val_idx, T, cv, n)
     objective = CurveObjective(
-        engine.encode(tok, strings), train_idx, frac, T, val_mae, engine.setup_distributed().device
+        _training_data(tok, strings, train_idx, cfg), frac, T, val_mae, engine.setup_distributed().device
     )
     return _train(model, objective, cfg, progress, t0, tok, "curves", checkpoint_dir, resume)
 
@@ -445,7 +465,7 @@ def fit_physics(
     val_mae = _validation(kind, tok, cfg, strings, val_idx, T, cv, n)
     frac = torch.from_numpy(cv / dulong_petit(n)[:, None])
     objective = PhysicsObjective(
-        engine.encode(tok, strings), train_idx, frac, T, val_mae, engine.setup_distributed().device, head
+        _training_data(tok, strings, train_idx, cfg), frac, T, val_mae, engine.setup_distributed().device, head
     )
     objective.name = "CLOUD-DEBYE (curves)" if head == "debye" else f"CLOUD-DEBYE+{n_einstein}E"
     return _train(model, objective, cfg, progress, t0, tok, kind, checkpoint_dir, resume)

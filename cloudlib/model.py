@@ -338,11 +338,14 @@ class CloudDebye(nn.Module):
         """The head's output h (float64)."""
         return self.net(input_ids, attention_mask).double()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        h = self.raw(input_ids, attention_mask)
+    def theta_of(self, h: torch.Tensor) -> torch.Tensor:
+        """Θ (K) of head outputs h: the parameterisation's map."""
         if self.parameterisation == "log":
             return torch.exp(self.mu + self.sigma * h)
         return paper_theta(h).clamp_min(1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.theta_of(self.raw(input_ids, attention_mask))
 
 
 class CurveRegressor(nn.Module):

@@ -13,7 +13,7 @@ from conftest import need
 from cloudlib import cloud_debye as cd
 from cloudlib import debye
 from cloudlib.config import preset
-from cloudlib.errors import ConfigError, InvalidTargetError
+from cloudlib.errors import InvalidTargetError
 from cloudlib.evaluation import AUDIT_TEMPERATURES, consistency_audit, regression_metrics
 from cloudlib.model import CloudDebye, build_encoder
 
@@ -73,12 +73,46 @@ def test_fit_debye_gives_consistent_curves_and_beats_a_blind_regressor(cv_data):
         cd.fit_debye(train["cloud"][:3], [1.0, float("nan"), 2.0], [2, 2, 2], cfg, progress=False)
 
 
-@pytest.mark.parametrize("field", ["augment", "tta"])
-def test_cv_heads_refuse_string_augmentation(field):
-    """The Cv heads train on the strings as given: an augment / tta setting would be ignored, so it is refused."""
-    cfg = preset("debye", "smoke").replace(**{field: 2})
-    with pytest.raises(ConfigError, match=field):
-        cd.fit_debye(["a", "b"], [10.0, 20.0], [2, 2], cfg, progress=False)
+def test_training_rows_with_augmentation_keep_each_strings_row(cv_data):
+    """``augment=k``: each training string and its equivalent orders, each labelled with its own row."""
+    from cloudlib.scope import scope_variants
+
+    train, _ = cv_data
+    strings = list(train["cloud"][:20])
+    cfg = preset("debye", "smoke", augment=3)
+    tok = build_encoder(cfg.encoder, cfg.pretrained, cfg.seed)[1]
+    idx = np.array([3, 7, 11])
+    data, rows = cd._training_data(tok, strings, idx, cfg)
+    expected = [(s, i) for i in idx for s in scope_variants(strings[i], 3, cfg.seed)]
+    assert len(data.ids) == len(expected) > len(idx)
+    assert rows.tolist() == [i for _, i in expected]
+    plain, plain_rows = cd._training_data(tok, strings, idx, cfg.replace(augment=1))
+    assert plain_rows.tolist() == idx.tolist() and len(plain.ids) == 3
+
+
+def test_debye_fit_with_augmentation_and_tta(cv_data):
+    """augment trains on more strings; tta's Θ is the geometric mean of the Θ of each equivalent order (one Debye
+    curve per crystal still), computed here independently with the same model at tta=1; save/load keeps it."""
+    import dataclasses
+
+    from cloudlib.scope import scope_variants
+
+    train, test = cv_data
+    cfg = preset("debye", "smoke", epochs=1, augment=2, tta=3, precision="fp32")  # fp32: batches may differ
+    fitted = cd.fit_debye(train["cloud"], train["cv"], train["n_atoms"], cfg, progress=False)
+    plain = cd.fit_debye(train["cloud"], train["cv"], train["n_atoms"], cfg.replace(augment=1), progress=False)
+    assert fitted.history["step"].iloc[-1] > plain.history["step"].iloc[-1]  # more training strings per epoch
+    strings = list(test["cloud"][:6])
+    one = dataclasses.replace(fitted, config=cfg.replace(tta=1))
+    expected = [np.exp(np.log(one.theta(scope_variants(s, 3, cfg.seed))).mean()) for s in strings]
+    assert any(len(scope_variants(s, 3, cfg.seed)) > 1 for s in strings)
+    theta = fitted.theta(strings)
+    np.testing.assert_allclose(theta, expected, rtol=1e-6)
+    cv = fitted.heat_capacity(strings, [300.0], test["n_atoms"][:6])[:, 0]
+    np.testing.assert_allclose(
+        cv, debye.heat_capacity(torch.from_numpy(theta), 300.0, torch.tensor(test["n_atoms"][:6].to_numpy(float)))
+    )
+    assert fitted.theta([]).shape == (0,)
 
 
 def test_curve_regressor_trains_and_predicts_shapes(cv_data):
