@@ -483,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--corpus",
         default=None,
         help="pre-train on this corpus instead of the offline one: a CSV (.csv, .csv.gz) or Parquet file with a "
-        "'scope' or 'cloud' column (e.g. the authors' 6.3 M CSV), a folder of such shards, or a harvest folder",
+        "'scope' or 'cloud' column (e.g. the authors' 6.3 M CSV), a folder of such shards, a harvest folder (each "
+        "tokenized once into OUT/token_shards, then streamed), or a token-shard folder",
     )
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_pretrain)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -322,20 +323,57 @@ def _corpus_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(CORPUS_SUFFIXES))
 
 
+def _no_column(path: Path, found) -> DataError:
+    return DataError(f"no SCOPE column: expected one of {list(CORPUS_COLUMNS)}, found {list(found)}", str(path))
+
+
+def _unreadable(path: Path, exc: Exception) -> DataError:
+    if isinstance(exc, ImportError):
+        return DataError(f"reading Parquet needs pyarrow ({exc}); pip install pyarrow", str(path))
+    return DataError(f"does not read as a corpus table ({type(exc).__name__}: {exc})", str(path))
+
+
+_READ_ERRORS = (ImportError, ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError)
+
+
 def _read_corpus_file(path: Path) -> pd.Series:
     try:
         if path.name.endswith(".parquet"):
             df = pd.read_parquet(path)  # needs pyarrow (or fastparquet)
         else:
             df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except ImportError as exc:
-        raise DataError(f"reading Parquet needs pyarrow ({exc}); pip install pyarrow", str(path)) from exc
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DataError(f"does not read as a corpus table ({type(exc).__name__}: {exc})", str(path)) from exc
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
     column = next((c for c in CORPUS_COLUMNS if c in df.columns), None)
     if column is None:
-        raise DataError(f"no SCOPE column: expected one of {list(CORPUS_COLUMNS)}, found {list(df.columns)}", str(path))
+        raise _no_column(path, df.columns)
     return df[column].astype(str)
+
+
+def _locate_corpus(path: str | os.PathLike) -> tuple[Path, list[Path], bool]:
+    """(root, files, is a harvest folder) of a corpus path; a missing path or a folder without shards is a
+    :class:`DataError` naming it."""
+    from .paths import resolve
+
+    root = resolve(path)
+    if root.is_dir() and (root / "state.json").is_file():
+        return root, [root / "state.json"], True
+    if root.is_dir():
+        files = _corpus_files(root)
+        if not files:
+            raise DataError(f"no corpus shards ({', '.join(CORPUS_SUFFIXES)}) and no harvest state.json", str(root))
+        return root, files, False
+    if root.is_file():
+        return root, [root], False
+    raise DataError("no such corpus file or folder", str(path))
+
+
+def _harvest_strings(root: Path) -> pd.Series:
+    """The SCOPE strings of a harvest folder's successful rows."""
+    from .harvest import load_harvest
+
+    table = load_harvest(root)
+    return table.loc[table["error"].fillna("") == "", "scope"].astype(str)
 
 
 def read_corpus(path: str | os.PathLike) -> tuple[list[str], dict]:
@@ -344,25 +382,9 @@ def read_corpus(path: str | os.PathLike) -> tuple[list[str], dict]:
     name order), or a harvest folder (:func:`cloudlib.harvest.harvest`: its successful rows). Blank strings are
     dropped, duplicates removed (first kept), strings over :data:`BLOCK_TOKENS` counted and left out. Returns
     (strings, counts). A missing path, a folder with no shards, a file without a SCOPE column or one that does not
-    parse is a :class:`DataError` naming it."""
-    from .paths import resolve
-
-    root = resolve(path)
-    if root.is_dir() and (root / "state.json").is_file():
-        from .harvest import load_harvest
-
-        table = load_harvest(root)
-        parts = [table.loc[table["error"].fillna("") == "", "scope"].astype(str)]
-        files = [root / "state.json"]
-    elif root.is_dir():
-        files = _corpus_files(root)
-        if not files:
-            raise DataError(f"no corpus shards ({', '.join(CORPUS_SUFFIXES)}) and no harvest state.json", str(root))
-        parts = [_read_corpus_file(f) for f in files]
-    elif root.is_file():
-        files, parts = [root], [_read_corpus_file(root)]
-    else:
-        raise DataError("no such corpus file or folder", str(path))
+    parse is a :class:`DataError` naming it. :func:`iter_corpus` streams the same strings in chunks."""
+    root, files, harvest = _locate_corpus(path)
+    parts = [_harvest_strings(root)] if harvest else [_read_corpus_file(f) for f in files]
     rows = pd.concat(parts, ignore_index=True).str.strip()
     rows = rows[rows != ""]
     unique = list(dict.fromkeys(rows))
@@ -377,3 +399,54 @@ def read_corpus(path: str | os.PathLike) -> tuple[list[str], dict]:
     if not fits:
         raise DataError(f"holds no usable SCOPE string ({counts})", str(path))
     return fits, counts
+
+
+def iter_corpus(path: str | os.PathLike, chunk_strings: int = 50_000) -> Iterator[list[str]]:
+    """Stream the SCOPE strings of any corpus :func:`read_corpus` reads, in file order, as lists of at most
+    ``chunk_strings`` stripped, non-blank strings: CSV in ``chunk_strings``-row chunks (pandas), Parquet in record
+    batches of its SCOPE column only (pyarrow; null cells are skipped), a folder's shards in name order, a harvest
+    folder's successful rows (that table is loaded whole). No deduplication and no length filter
+    (:func:`cloudlib.token_shards.build` does both). Memory holds one chunk. The path is checked at once (a missing
+    path or an empty folder is a :class:`DataError`); a file without a SCOPE column or one that does not parse is
+    a :class:`DataError` naming it when the stream reaches it."""
+    if chunk_strings < 1:
+        raise ValueError(f"chunk_strings must be positive, not {chunk_strings}")
+    root, files, harvest = _locate_corpus(path)
+    if harvest:
+        strings = _harvest_strings(root).tolist()
+        parts: Iterable = (strings[i : i + chunk_strings] for i in range(0, len(strings), chunk_strings))
+        return _clean_chunks(parts)
+    return _clean_chunks(part for f in files for part in _iter_corpus_file(f, chunk_strings))
+
+
+def _clean_chunks(parts: Iterable[list]) -> Iterator[list[str]]:
+    for part in parts:
+        chunk = [t for t in (s.strip() for s in part if s is not None) if t]
+        if chunk:
+            yield chunk
+
+
+def _iter_corpus_file(path: Path, chunk_strings: int) -> Iterator[list[str]]:
+    """The raw SCOPE cells of one corpus file, ``chunk_strings`` at a time (a :class:`DataError` names the file)."""
+    try:
+        if path.name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            with pq.ParquetFile(path) as pf:
+                names = pf.schema_arrow.names
+                column = next((c for c in CORPUS_COLUMNS if c in names), None)
+                if column is None:
+                    raise _no_column(path, names)
+                for batch in pf.iter_batches(batch_size=chunk_strings, columns=[column]):
+                    yield [s if s is None or isinstance(s, str) else str(s) for s in batch.column(0).to_pylist()]
+        else:
+            names = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=0).columns
+            column = next((c for c in CORPUS_COLUMNS if c in names), None)
+            if column is None:
+                raise _no_column(path, names)
+            kw = dict(dtype=str, keep_default_na=False, usecols=[column], chunksize=chunk_strings)
+            with pd.read_csv(path, **kw) as reader:
+                for frame in reader:
+                    yield frame[column].tolist()
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc

@@ -18,9 +18,11 @@ Command line: ``python -m cloudlib pretrain --preset {smoke,laptop,paper} --out 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,6 +30,7 @@ from torch import nn
 from . import engine
 from . import model as cloud_model
 from .config import PretrainConfig
+from .errors import ConfigError, DataError
 from .io import write_json
 from .scope import expand_variants
 from .splits import seeded_split
@@ -150,6 +153,10 @@ class MLMObjective(engine.Objective):
         )
 
     def digest(self):
+        if hasattr(self.train, "digest"):  # streamed token shards: their files and the rows taken
+            return hashlib.sha256(f"{self.train.digest()} {engine.tensor_digest(self.val.ids)}".encode()).hexdigest()[
+                :16
+            ]
         return engine.tensor_digest(self.train.ids, self.val.ids)
 
 
@@ -165,8 +172,6 @@ def pretrain(
     from .tokenizer import make_tokenizer
 
     d = engine.setup_distributed()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     with engine.torch_threads(cfg.threads, d):
         tok = tokenizer or make_tokenizer()
         train_s, val_s = split_strings(strings, cfg.val_fraction, cfg.seed)
@@ -176,38 +181,82 @@ def pretrain(
             held = set(val_s)
             train_s = [s for s in expand_variants(train_s, cfg.augment, cfg.seed)[0] if s not in held]
         train, val = engine.encode(tok, train_s), engine.encode(tok, val_s)
-        mlm = cloud_model.build_mlm(cloud_model.preset(cfg.model).replace(dropout=cfg.dropout), tok, seed=cfg.seed)
-        net = MaskedLMLoss(mlm)
-        objective = MLMObjective(train, val, tok, cfg, d.device)
-        per_epoch = engine.steps_per_epoch(len(train), train.lengths, cfg, d.world)
-        if d.main:
-            if not resume:
-                (out / "summary.json").unlink(missing_ok=True)
-            write_json(
-                out / "config.json",
-                {
-                    **cfg.to_dict(),
-                    "world_size": d.world,
-                    "n_train": len(train),
-                    "n_val": len(val),
-                    "total_steps": engine.total_steps(cfg, per_epoch),
-                    "non_embedding_params": cloud_model.n_params(mlm),
-                },
-            )
-        result = engine.train(
-            net, objective, cfg, out_dir=out, resume=resume, restore_best=False, progress=progress, d=d
+        return _pretrain(train, val, tok, cfg, Path(out_dir), resume, progress, d)
+
+
+def pretrain_shards(
+    shards,
+    cfg: PretrainConfig,
+    out_dir: str | os.PathLike,
+    resume: bool = False,
+    tokenizer=None,
+    progress: bool = True,
+) -> dict:
+    """Pre-train on a tokenized corpus streamed from disk (:class:`cloudlib.token_shards.TokenShards`): batches
+    are read from the memory-mapped shards as the engine asks for them (each DDP rank its own), so memory does
+    not grow with the corpus. Validation rows are chosen by string hash (:meth:`TokenShards.split`; another
+    split than :func:`split_strings`, which needs every string in memory); ``max_train_strings`` takes a seeded
+    random subset of the training rows; ``augment`` needs the strings and is refused."""
+    from .tokenizer import make_tokenizer
+
+    if cfg.augment > 1:
+        raise ConfigError("augment needs the strings: a streamed corpus is pre-trained as built (use 1)", "augment")
+    d = engine.setup_distributed()
+    with engine.torch_threads(cfg.threads, d):
+        tok = tokenizer or make_tokenizer()
+        train, val = shards.split(cfg.val_fraction, cfg.seed)
+        if cfg.max_train_strings is not None and cfg.max_train_strings < len(train):
+            g = torch.Generator().manual_seed(cfg.seed)
+            train = train.rows(np.sort(torch.randperm(len(train), generator=g)[: cfg.max_train_strings].numpy()))
+        n_val = len(val) if cfg.eval_max_strings is None else min(cfg.eval_max_strings, len(val))
+        val = engine.Encoded(*val.rows(np.arange(n_val)).materialize())  # the rows evaluate() reads, in memory
+        return _pretrain(
+            train,
+            val,
+            tok,
+            cfg,
+            Path(out_dir),
+            resume,
+            progress,
+            d,
+            {"corpus": str(shards.folder), "corpus_strings": len(shards)},
         )
-        log = result.history.to_dict(orient="records")
-        summary = {
-            "steps": result.steps,
-            "final": log[-1] if log else None,
-            "world_size": d.world,
-            "seconds": round(result.seconds, 1),
-        }
-        if d.main:
-            cloud_model.save(mlm, tok, out / "model")
-            write_json(out / "summary.json", summary)
-        engine.barrier(d)
+
+
+def _pretrain(train, val, tok, cfg: PretrainConfig, out: Path, resume: bool, progress: bool, d, extra=None) -> dict:
+    """The pre-training run of :func:`pretrain` and :func:`pretrain_shards` on encoded rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    mlm = cloud_model.build_mlm(cloud_model.preset(cfg.model).replace(dropout=cfg.dropout), tok, seed=cfg.seed)
+    net = MaskedLMLoss(mlm)
+    objective = MLMObjective(train, val, tok, cfg, d.device)
+    per_epoch = engine.steps_per_epoch(len(train), train.lengths, cfg, d.world)
+    if d.main:
+        if not resume:
+            (out / "summary.json").unlink(missing_ok=True)
+        write_json(
+            out / "config.json",
+            {
+                **cfg.to_dict(),
+                "world_size": d.world,
+                "n_train": len(train),
+                "n_val": len(val),
+                "total_steps": engine.total_steps(cfg, per_epoch),
+                "non_embedding_params": cloud_model.n_params(mlm),
+                **(extra or {}),
+            },
+        )
+    result = engine.train(net, objective, cfg, out_dir=out, resume=resume, restore_best=False, progress=progress, d=d)
+    log = result.history.to_dict(orient="records")
+    summary = {
+        "steps": result.steps,
+        "final": log[-1] if log else None,
+        "world_size": d.world,
+        "seconds": round(result.seconds, 1),
+    }
+    if d.main:
+        cloud_model.save(mlm, tok, out / "model")
+        write_json(out / "summary.json", summary)
+    engine.barrier(d)
     return summary
 
 
@@ -220,16 +269,43 @@ def pretrain_preset(
     jobs: int = 1,
     corpus: str | os.PathLike | None = None,
 ) -> dict:
-    """Pre-train with a preset on the offline corpus (:func:`cloudlib.corpus.load_pretraining_corpus`) or, with
-    ``corpus``, on any corpus file or folder (:func:`cloudlib.corpus.read_corpus`: the authors' CSV, CSV /
-    Parquet shards, a harvest folder)."""
+    """Pre-train with a preset on the offline corpus (:func:`cloudlib.corpus.load_pretraining_corpus`, in memory) or,
+    with ``corpus``, on any corpus file or folder (the authors' CSV, CSV / Parquet shards, a harvest folder, a
+    token-shard folder), streamed from token shards (:func:`corpus_shards`, :func:`pretrain_shards`)."""
     from .config import preset
-    from .corpus import load_pretraining_corpus, read_corpus
+    from .corpus import load_pretraining_corpus
 
     cfg = preset("pretrain", name, **(overrides or {}))
     if corpus is not None:
-        strings, _ = read_corpus(corpus)
-    else:
-        table, _ = load_pretraining_corpus(limit=cfg.corpus_limit, jobs=jobs, progress=False, holdout=cfg.holdout)
-        strings = list(table.index)
-    return pretrain(strings, cfg, out_dir, resume=resume, progress=progress)
+        shards = corpus_shards(corpus, out_dir, reuse=resume)
+        return pretrain_shards(shards, cfg, out_dir, resume=resume, progress=progress)
+    table, _ = load_pretraining_corpus(limit=cfg.corpus_limit, jobs=jobs, progress=False, holdout=cfg.holdout)
+    return pretrain(list(table.index), cfg, out_dir, resume=resume, progress=progress)
+
+
+def corpus_shards(corpus: str | os.PathLike, out_dir: str | os.PathLike, tokenizer=None, reuse: bool = False):
+    """The token shards of a corpus for streaming: ``corpus`` itself when it is a shard folder
+    (:func:`cloudlib.token_shards.build` made it), else the corpus (:func:`cloudlib.corpus.iter_corpus`: a CSV or
+    Parquet file, a folder of shards, a harvest folder) tokenized once into ``OUT_DIR/token_shards`` by rank 0
+    (resumable: finished shards are kept), the other ranks waiting. ``reuse`` (a resumed run): a complete build
+    there is used as it is, without reading the corpus again (the checkpoint's data digest still has to match)."""
+    from . import token_shards
+    from .corpus import iter_corpus
+    from .paths import resolve
+    from .tokenizer import make_tokenizer
+
+    tok = tokenizer or make_tokenizer()
+    root = resolve(corpus)
+    if (root / token_shards.MANIFEST).is_file():
+        return token_shards.open_shards(root, tok)
+    folder = Path(out_dir) / "token_shards"
+    if reuse and (folder / token_shards.MANIFEST).is_file():
+        try:
+            return token_shards.open_shards(folder, tok)
+        except DataError:  # unfinished or damaged: build (resumably) below
+            pass
+    d = engine.setup_distributed()
+    if d.main:
+        token_shards.build(iter_corpus(root), tok, folder, source=str(root))
+    engine.barrier(d)
+    return token_shards.open_shards(folder, tok)

@@ -9,8 +9,9 @@ CSV shards of 100 k strings and pre-trained on in its own process for a few step
 
     python scripts/corpus_scale.py [--sizes 30000 300000 3000000] [--steps 30] [--out data/corpus_scale]
 
-Writes ``OUT/scale.json``: per size the strings, shard bytes per string, peak RSS of the pre-training process,
-its wall time, the training seconds and real tokens/s, the machine.
+Writes ``OUT/NAME.json`` (default ``streamed``): per size the strings, CSV bytes per string, token-shard bytes per
+string, peak RSS of the pre-training process, its wall time, the training seconds and real tokens/s, the machine.
+``OUT/scale.json`` is the same measurement before streaming (commit c2bc65a: strings read into memory).
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def measure(folder: Path, work: Path, steps: int) -> dict:
     if got["rc"]:
         raise RuntimeError(f"pretrain exited {got['rc']}: {r.stderr[-2000:]}")
     summary = json.loads((run / "summary.json").read_text())
+    built = run / "token_shards"
+    manifest = json.loads((built / "manifest.json").read_text()) if built.is_dir() else None
     config = json.loads((run / "config.json").read_text())
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     return {
@@ -91,6 +94,17 @@ def measure(folder: Path, work: Path, steps: int) -> dict:
         "n_train": config["n_train"],
         "n_val": config["n_val"],
         "steps": summary["steps"],
+        **(
+            {
+                "token_shard_bytes_per_string": round(
+                    sum(f.stat().st_size for f in built.glob("*.npy")) / manifest["totals"]["strings"], 1
+                ),
+                "tokens_per_string": round(manifest["totals"]["tokens"] / manifest["totals"]["strings"], 1),
+                "corpus_strings": config.get("corpus_strings"),
+            }
+            if manifest
+            else {}
+        ),
     }
 
 
@@ -99,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[30_000, 300_000, 3_000_000])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--out", default="data/corpus_scale")
+    ap.add_argument("--name", default="streamed", help="writes OUT/NAME.json")
     args = ap.parse_args(argv)
     real = real_strings()
     rows = []
@@ -124,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         out = {
             "command": "python scripts/corpus_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "what": "pretrain --corpus (read into memory, encoded once) on CSV shards; 4 x 128, batch 128",
+            "what": "pretrain --corpus on CSV shards (tokenized once into on-disk token shards, streamed through "
+            "memory maps); 4 x 128, batch 128",
             "sizes": rows,
             "machine": machine(),
         }
-        write_json(Path(args.out) / "scale.json", out)
+        write_json(Path(args.out) / f"{args.name}.json", out)
     return 0
 
 

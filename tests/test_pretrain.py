@@ -353,3 +353,80 @@ def test_any_corpus_file_or_folder_pretrains(tmp_path, strings, capsys):
     capsys.readouterr()
     assert main(["pretrain", "--preset", "smoke", "--corpus", str(wrong), "--out", str(out), "-q"]) == 1
     assert "wrong.csv" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- streamed corpora
+
+
+@pytest.fixture(scope="module")
+def corpus_csv(tmp_path_factory, strings) -> Path:
+    """The authors' 10 k sample as one CSV of SCOPE strings (with a blank row and a duplicate)."""
+    path = tmp_path_factory.mktemp("corpus") / "corpus.csv"
+    pd.DataFrame({"scope": strings[:3000] + ["", strings[5]]}).to_csv(path, index=False)
+    return path
+
+
+def test_streamed_corpus_crashed_then_resumed_matches_uninterrupted(corpus_csv, tmp_path, monkeypatch):
+    """``pretrain --corpus``: tokenized once into OUT/token_shards and streamed; a run that dies after a checkpoint
+    and is resumed ends with the same losses as one that was not interrupted, and the resume rebuilds no shard."""
+    from cloudlib import pretrain as pt
+    from cloudlib import token_shards
+    from cloudlib.errors import ConfigError
+
+    overrides = {"max_steps": 8, "ckpt_every": 2, "eval_every": 4, "threads": 1, "eval_max_strings": 256}
+    reference = pt.pretrain_preset("smoke", tmp_path / "a", overrides=overrides, progress=False, corpus=corpus_csv)
+    config_a = json.loads((tmp_path / "a" / "config.json").read_text())
+    shards = token_shards.open_shards(tmp_path / "a" / "token_shards")
+    assert config_a["corpus_strings"] == len(shards) == len(set(pd.read_csv(corpus_csv)["scope"].dropna()))
+    assert config_a["n_train"] + len(shards.split(0.2, 0)[1]) == len(shards)  # the smoke preset's val_fraction
+
+    real_loss, calls = pt.MLMObjective.loss, []
+
+    def dies_at_step_6(self, *args):
+        calls.append(1)
+        if len(calls) == 6:
+            raise RuntimeError("simulated crash")
+        return real_loss(self, *args)
+
+    out = tmp_path / "b"
+    monkeypatch.setattr(pt.MLMObjective, "loss", dies_at_step_6)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pt.pretrain_preset("smoke", out, overrides=overrides, progress=False, corpus=corpus_csv)
+    monkeypatch.setattr(pt.MLMObjective, "loss", real_loss)
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["state"]["step"] == 4
+    built = {f.name: f.stat().st_mtime_ns for f in (out / "token_shards").iterdir()}
+    resumed = pt.pretrain_preset("smoke", out, resume=True, overrides=overrides, progress=False, corpus=corpus_csv)
+    assert {f.name: f.stat().st_mtime_ns for f in (out / "token_shards").iterdir()} == built
+    assert resumed["steps"] == reference["steps"] == 8
+    for key in ("train_loss", "val_loss", "val_acc", "grad_norm"):
+        assert resumed["final"][key] == pytest.approx(reference["final"][key], rel=1e-6, abs=1e-7), key
+    # a shard folder is a corpus too; augment needs the strings
+    again = pt.pretrain_preset(
+        "smoke", tmp_path / "c", overrides=overrides, progress=False, corpus=tmp_path / "a" / "token_shards"
+    )
+    assert again["final"]["val_loss"] == pytest.approx(reference["final"]["val_loss"], rel=1e-6)
+    with pytest.raises(ConfigError, match="augment"):
+        pt.pretrain_preset("smoke", tmp_path / "d", overrides={"augment": 2}, progress=False, corpus=corpus_csv)
+
+
+def test_torchrun_two_processes_stream_one_corpus(corpus_csv, tmp_path):
+    """Under torchrun, rank 0 tokenizes the corpus once, the other rank waits, both stream their own batches."""
+    out = tmp_path / "ddp"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    sets = "--set max_steps=6 --set eval_every=6 --set ckpt_every=6 --set eval_max_strings=256".split()
+    cmd = [*launch, "-m", "cloudlib", "pretrain", "--preset", "smoke", "--corpus", str(corpus_csv), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [*cmd, "-q", *sets], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"torchrun did not finish in 240 s: {stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 6
+    assert json.loads((out / "token_shards" / "manifest.json").read_text())["complete"]
