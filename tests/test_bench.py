@@ -104,3 +104,27 @@ def test_finetune_bench_structure(scope_strings):
     assert abs(losses["authors' shapes"] - losses["cloudlib fp32"]) < 1e-4
     assert all(abs(v - losses["cloudlib fp32"]) < 0.02 * abs(losses["cloudlib fp32"]) for v in losses.values())
     assert all(v > 0 for v in r["steps_per_s"].values()) and f"cloudlib {last} / before" in r["ratios"]
+
+
+def test_gpu_check_script_runs_its_checks_on_the_cpu(tmp_path):
+    """scripts/gpu_check.py (issue 15's prepared CUDA check) on the CPU at toy size: parity, speed, engine."""
+    import subprocess
+    import sys
+
+    import torch
+
+    script = [sys.executable, "scripts/gpu_check.py"]
+    if not torch.cuda.is_available():  # without --allow-cpu it refuses, naming what is missing
+        r = subprocess.run(script, capture_output=True, text=True)
+        assert r.returncode == 1 and "no CUDA device" in r.stderr
+    out = tmp_path / "check.json"
+    toy = ["--allow-cpu", "--model", "tiny", "--batch-size", "16", "--steps", "2", "--preset", "smoke"]
+    r = subprocess.run([*script, *toy, "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["ok"] and report["engine"]["steps"] == 2 and report["engine"]["checkpoint_written"]
+    parity, kind = report["parity"], report["device_type"]
+    assert set(parity["relative_difference"]) == {f"{kind}_fp32", f"{kind}_bf16"}
+    if kind == "cpu":
+        assert parity["relative_difference"]["cpu_fp32"] < 1e-6  # the same computation on the same device
+    assert all(v > 0 for v in report["speed"]["real_tokens_per_s"].values())
