@@ -256,26 +256,35 @@ def _cmd_book(args) -> int:
 
 
 def _cmd_harvest(args) -> int:
-    from .harvest import harvest, structures_url
+    from .harvest import harvest, harvest_many, structures_url
 
-    try:
-        structures_url(args.base_url)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    for url in args.base_url:
+        try:
+            structures_url(url)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     _check_timeout(args.timeout)
-    if min(args.retries, args.max_pages or 0, args.max_structures or 0) < 0:
-        raise UsageError("--retries, --max-pages and --max-structures must be >= 0")
-    df = harvest(
-        args.base_url,
-        args.out_dir,
+    if min(args.retries, args.max_pages or 0, args.max_structures or 0) < 0 or args.concurrency < 1:
+        raise UsageError("--retries, --max-pages and --max-structures must be >= 0, --concurrency >= 1")
+    kwargs = dict(
         filter=args.filter,
         max_structures=args.max_structures,
         max_pages=args.max_pages,
         variant=args.variant,
         timeout=args.timeout,
         retries=args.retries,
-        progress=not args.quiet,
     )
+    if len(args.base_url) > 1:  # several providers at once, one sub-folder each
+        try:
+            table = harvest_many(args.base_url, args.out_dir, concurrency=args.concurrency, **kwargs)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        for r in table.itertuples():
+            state = "complete" if r.complete else "incomplete"
+            tail = f"; {r.error}" if r.error else ""
+            print(f"{r.url}: {r.rows} entries, {r.failed} failed, {state}{tail}", file=sys.stderr)
+        return EXIT_ROWS_FAILED if (table["error"] != "").any() or table["failed"].sum() else EXIT_OK
+    df = harvest(args.base_url[0], args.out_dir, progress=not args.quiet, **kwargs)
     failed = int(df["error"].fillna("").astype(str).str.len().gt(0).sum())
     print(f"{len(df)} entries harvested into {args.out_dir}; {failed} failed", file=sys.stderr)
     return EXIT_ROWS_FAILED if failed else EXIT_OK
@@ -515,9 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_matbench)
 
-    p = sub.add_parser("harvest", help="harvest an OPTIMADE provider into SCOPE strings (resumable)")
-    p.add_argument("base_url")
+    p = sub.add_parser("harvest", help="harvest OPTIMADE providers into SCOPE strings (resumable)")
+    p.add_argument("base_url", nargs="+", help="one provider, or several (each into OUT_DIR/<host_port_path>)")
     p.add_argument("out_dir")
+    p.add_argument("--concurrency", type=int, default=4, help="providers fetched at once (default 4)")
     p.add_argument("--filter", default=None, help="OPTIMADE filter, e.g. 'elements HAS \"Si\"'")
     p.add_argument("--max-structures", type=int, default=None)
     p.add_argument("--max-pages", type=int, default=None, help="stop once this many pages are on disk")

@@ -358,6 +358,8 @@ def _locate_corpus(path: str | os.PathLike) -> tuple[Path, list[Path], bool]:
     root = resolve(path)
     if root.is_dir() and (root / "state.json").is_file():
         return root, [root / "state.json"], True
+    if root.is_dir() and (root / "providers.json").is_file():  # harvest_many: one harvest folder per provider
+        return root, [root / "providers.json"], True
     if root.is_dir():
         files = _corpus_files(root)
         if not files:
@@ -370,16 +372,21 @@ def _locate_corpus(path: str | os.PathLike) -> tuple[Path, list[Path], bool]:
 
 def _harvest_strings(root: Path) -> pd.Series:
     """The SCOPE strings of a harvest folder's successful rows."""
-    from .harvest import load_harvest
+    from .harvest import PROVIDERS_FILE, harvest_folders, load_harvest
 
-    table = load_harvest(root)
+    folders = harvest_folders(root) if (root / PROVIDERS_FILE).is_file() else [root]
+    parts = [load_harvest(f) for f in folders]
+    if not parts:
+        raise DataError("a multi-provider harvest folder with no provider harvested yet", str(root))
+    table = pd.concat(parts, ignore_index=True)
     return table.loc[table["error"].fillna("") == "", "scope"].astype(str)
 
 
 def read_corpus(path: str | os.PathLike) -> tuple[list[str], dict]:
     """The SCOPE strings of any corpus, for ``pretrain --corpus``: a CSV (``.csv`` / ``.csv.gz``) or Parquet file with
     a ``scope`` or ``cloud`` column (the authors' 6.3 M CSV, their 10 k sample), a folder of such shards (read in
-    name order), or a harvest folder (:func:`cloudlib.harvest.harvest`: its successful rows). Blank strings are
+    name order), or a harvest folder (:func:`cloudlib.harvest.harvest`, or :func:`~cloudlib.harvest.harvest_many`
+    for several providers: the successful rows). Blank strings are
     dropped, duplicates removed (first kept), strings over :data:`BLOCK_TOKENS` counted and left out. Returns
     (strings, counts). A missing path, a folder with no shards, a file without a SCOPE column or one that does not
     parse is a :class:`DataError` naming it. :func:`iter_corpus` streams the same strings in chunks."""

@@ -85,7 +85,9 @@ __all__ = [
     "OptimadeResponseError",
     "entry_to_structure",
     "harvest",
+    "harvest_many",
     "load_harvest",
+    "provider_folder",
     "structures_url",
 ]
 
@@ -785,3 +787,95 @@ def harvest(
             stacklevel=2,
         )
     return table
+
+
+# --------------------------------------------------------------------------- several providers
+
+PROVIDERS_FILE = "providers.json"
+#: Providers harvested at once by :func:`harvest_many` unless told otherwise (each one's pages stay sequential).
+DEFAULT_CONCURRENCY = 4
+
+
+def provider_folder(base_url: str) -> str:
+    """The sub-folder name of a provider in a :func:`harvest_many` folder: host, port and path, filesystem-safe."""
+    parts = urlsplit(structures_url(base_url))
+    path = parts.path.removesuffix("/structures").strip("/")
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", f"{parts.netloc}_{path}".strip("_")) or "provider"
+
+
+def harvest_many(
+    base_urls,
+    out_dir: str | Path,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    progress: bool = False,
+    **kwargs,
+) -> pd.DataFrame:
+    """Harvest several OPTIMADE providers at once, each into its own resumable :func:`harvest` folder.
+
+    ``base_urls``: provider base URLs (a list, or a mapping folder name -> URL). At most ``concurrency`` providers
+    are fetched at a time (threads: the work is waiting on servers), and each provider's pages are requested one
+    after another, so no server sees more than one request at a time from this harvest. A provider that fails
+    (unreachable, timing out, not OPTIMADE) is reported in its row and does not stop the others; its pages so far
+    stay on disk, and calling again resumes every provider where it stopped (finished ones make no request).
+    ``kwargs`` go to :func:`harvest` (filter, page_limit, max_structures, max_pages, timeout, retries, ...).
+
+    Writes ``out_dir/providers.json`` (atomically, after every provider) and returns one row per provider:
+    ``folder, url, rows, scope, failed, complete, error, seconds``. :func:`cloudlib.corpus.read_corpus` and
+    ``pretrain --corpus`` read such a folder (every provider's successful rows).
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    if isinstance(base_urls, str):
+        raise TypeError("base_urls is a list of URLs (or a mapping folder -> URL), not one string")
+    if hasattr(base_urls, "items"):
+        named = dict(base_urls)
+    else:
+        urls = list(base_urls)
+        named = {provider_folder(u): u for u in urls}
+        if len(named) != len(urls):
+            raise ValueError(f"the same provider twice (folders {[provider_folder(u) for u in urls]})")
+    if not named:
+        raise ValueError("no provider given")
+    if int(concurrency) < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    for name in named:
+        if not name or Path(name).name != name or name.startswith("."):
+            raise ValueError(f"not a folder name: {name!r}")
+    _check_filter(kwargs.get("filter"))  # one bad filter fails all providers alike: say so before any request
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+    rows: dict[str, dict] = {}
+
+    def one(name: str, url: str) -> dict:
+        t0 = time.monotonic()
+        row = {"folder": name, "url": url, "rows": 0, "scope": 0, "failed": 0, "complete": False, "error": ""}
+        try:
+            harvest(url, out_dir / name, progress=progress, **kwargs)
+        except Exception as exc:  # reported per provider; the others go on
+            row["error"] = _error_text(exc)
+        state_path = out_dir / name / STATE_FILE
+        if state_path.is_file():
+            state = json.loads(state_path.read_text())
+            row.update(rows=state["rows"], scope=state["n_scope"], failed=state["n_failed"], complete=state["complete"])
+        row["seconds"] = round(time.monotonic() - t0, 2)
+        return row
+
+    def record(row: dict) -> None:
+        with lock:
+            rows[row["folder"]] = row
+            ordered = [rows[n] for n in named if n in rows]
+            write_json(out_dir / PROVIDERS_FILE, {"providers": ordered, "updated": _now()})
+
+    with ThreadPoolExecutor(max_workers=min(int(concurrency), len(named)), thread_name_prefix="harvest") as pool:
+        futures = [pool.submit(one, name, url) for name, url in named.items()]
+        for fut in as_completed(futures):
+            record(fut.result())
+    return pd.DataFrame([rows[n] for n in named])
+
+
+def harvest_folders(out_dir: str | Path) -> list[Path]:
+    """The provider folders of a :func:`harvest_many` folder, in the order they were given (those with a state)."""
+    out_dir = Path(out_dir)
+    doc = json.loads((out_dir / PROVIDERS_FILE).read_text())
+    return [out_dir / p["folder"] for p in doc["providers"] if (out_dir / p["folder"] / STATE_FILE).is_file()]

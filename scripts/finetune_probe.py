@@ -5,6 +5,7 @@ made on ``val_mae``. The fold-0 test MAE is printed for the record, never for ch
 equivalent orders (``--tta``) is scored post hoc on the same validation rows and the same fitted model.
 
     python scripts/finetune_probe.py NAME [--preset laptop] [--set key=value ...] [--tta 1 4] [--out DIR]
+        [--engine now|before]
 
 Writes ``DIR/NAME.json`` (default ``results/probes``): config, best epoch, val / test MAE per tta, seconds.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from cloudlib import finetune, matbench_data, paths
+from cloudlib import engine, finetune, matbench_data, paths
 from cloudlib.config import preset
 from cloudlib.io import write_json
 from cloudlib.registry import sha256_file
@@ -33,7 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", nargs="*", default=[], help="FinetuneConfig overrides key=value (YAML values)")
     ap.add_argument("--tta", nargs="*", type=int, default=[1], help="test-time orders to score post hoc")
     ap.add_argument("--out", default="results/probes")
+    ap.add_argument(
+        "--engine",
+        choices=["now", "before"],
+        default="now",
+        help="before: the engine before issue 24 on a CPU (torch dropout and SDPA, foreach AdamW)",
+    )
     args = ap.parse_args(argv)
+    if args.engine == "before":
+        engine.CPU_DROPOUT, engine.CPU_FUSED_ADAMW = "torch", False
     overrides = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in args.set)}
     cfg = preset("finetune", args.preset, **overrides)
     df = matbench_data.load_paper_dielectric_scope()
@@ -58,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "history_val_mae": result.history["val_mae"].round(5).tolist(),
         "scores_by_tta": scores,
         "fit_seconds": round(seconds, 1),
+        "engine": {"cpu_dropout": engine.CPU_DROPOUT, "cpu_fused_adamw": engine.CPU_FUSED_ADAMW},
         "command": " ".join(["python", *sys.argv]),
     }
     path = write_json(Path(args.out) / f"{args.name}.json", out, indent=1)

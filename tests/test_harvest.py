@@ -742,3 +742,64 @@ def test_a_harvest_folder_is_a_pretraining_corpus(curated, tmp_path):
     assert len(ok) and (table["error"].fillna("") != "").any()  # the curated server has good and bad entries
     strings, counts = read_corpus(tmp_path / "h")
     assert strings == list(dict.fromkeys(ok)) and counts["rows"] == len(ok) and counts["too long"] == 0
+
+
+# --------------------------------------------------------------------------- several providers
+
+
+def test_several_providers_at_once(bundled, curated, tmp_path, monkeypatch):
+    """harvest_many: two loopback reference servers and one that is down, at most ``concurrency`` at a time; each
+    provider's folder is what a harvest of it alone gives; the one down is reported, not fatal; a rerun resumes;
+    read_corpus reads the whole folder; the command line takes several URLs."""
+    from cloudlib.cli import main
+    from cloudlib.corpus import read_corpus
+
+    base, _ = curated
+    down = f"http://127.0.0.1:{_free_port()}"
+    real, active, peak, lock = hv.harvest, [0], [0], threading.Lock()
+
+    def counted(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.3)  # long enough for the others to start if the bound let them
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(hv, "harvest", counted)
+    out = tmp_path / "many"
+    table = hv.harvest_many([bundled, base, down], out, concurrency=2, page_limit=3, timeout=5)
+    assert peak[0] == 2
+    assert table["url"].tolist() == [bundled, base, down]
+    assert table["folder"].tolist() == [hv.provider_folder(u) for u in (bundled, base, down)]
+    ok = table.set_index("url")
+    assert ok.loc[bundled, "complete"] and ok.loc[base, "complete"] and ok.loc[bundled, "error"] == ""
+    assert not ok.loc[down, "complete"] and ok.loc[down, "error"].startswith("HarvestUnavailableError")
+    assert json.loads((out / hv.PROVIDERS_FILE).read_text())["providers"] == table.to_dict(orient="records")
+    monkeypatch.setattr(hv, "harvest", real)
+    for url in (bundled, base):
+        alone = harvest(url, tmp_path / f"alone-{hv.provider_folder(url)}", page_limit=3, progress=False)
+        pd.testing.assert_frame_equal(load_harvest(out / hv.provider_folder(url)), alone)
+        assert ok.loc[url, "rows"] == len(alone) and ok.loc[url, "failed"] == int((alone["error"] != "").sum())
+
+    # a rerun: the finished providers make no request and keep their files; the one still down is retried
+    stamps = {u: (out / hv.provider_folder(u) / "state.json").stat().st_mtime_ns for u in (bundled, base)}
+    again = hv.harvest_many([bundled, base, down], out, concurrency=2, page_limit=3, timeout=5)
+    assert again.drop(columns="seconds").equals(table.drop(columns="seconds"))
+    assert stamps == {u: (out / hv.provider_folder(u) / "state.json").stat().st_mtime_ns for u in (bundled, base)}
+
+    strings, counts = read_corpus(out)
+    both = pd.concat([load_harvest(out / hv.provider_folder(u)) for u in (bundled, base)])
+    assert strings[:3] == list(dict.fromkeys(both.loc[both["error"] == "", "scope"]))[:3]
+    assert counts["unique"] == both.loc[both["error"] == "", "scope"].nunique()
+
+    with pytest.raises(ValueError, match="same provider"):
+        hv.harvest_many([bundled, bundled + "/"], tmp_path / "twice")
+    with pytest.raises(InvalidFilterError):
+        hv.harvest_many([bundled, base], tmp_path / "bad", filter="elements HAS")
+    code = main(["harvest", bundled, base, str(tmp_path / "cli"), "--concurrency", "2", "-q"])
+    assert code in (0, 2) and (tmp_path / "cli" / hv.PROVIDERS_FILE).is_file()
+    assert code == (2 if ok.loc[base, "failed"] or ok.loc[bundled, "failed"] else 0)
