@@ -51,6 +51,7 @@ from pymatgen.core import DummySpecies, Element, Species, Structure
 
 from .config import MAX_ATOMS, STRUCTURE_TIMEOUT  # the limits' defaults, documented there
 from .errors import (
+    DataError,
     DisorderedStructureError,
     OverlappingAtomsError,
     StructureError,
@@ -824,6 +825,7 @@ def scope_table(
     chunksize: int = 32,
     timeout: float | None = None,
     max_atoms: int | None = MAX_ATOMS,
+    executor: Any = None,
 ) -> pd.DataFrame:
     """SCOPE for many structures; one row per input, never dropped.
 
@@ -846,6 +848,20 @@ def scope_table(
 
     ``max_atoms`` (None: no limit) refuses larger structures with ``StructureTooLargeError``, CIF text and
     files before they are parsed (:func:`cif_atom_bound`).
+
+    ``executor`` runs the batch on a cluster instead: a ``distributed.Client`` (dask), or a
+    ``concurrent.futures.Executor`` whose ``submit`` returns futures with ``result()`` / ``exception()``
+    (``client.get_executor()``, a ThreadPoolExecutor). The items go out ``chunksize`` at a time as light
+    pickled payloads (validated cells or text, made here, as for spawned workers), one task per chunk; rows come
+    back in input order. A chunk whose task fails (a worker that died: dask raises ``KilledWorker`` once the
+    task has killed ``distributed.scheduler.allowed-failures + 1`` workers; any other error of the
+    infrastructure) is sent again item by item, and an item whose own task fails is tried once more alone (so
+    that a structure that shared a dying worker is not blamed): only an item that fails alone too becomes a
+    ``WorkerDiedError`` row, every other row is computed. A cancelled task (the client closed) raises. With an
+    executor ``jobs`` does not apply (the cluster decides the parallelism) and ``timeout`` must stay None: the
+    per-structure time limit is enforced by the local pool only (a task running past it could not be stopped on a
+    dask worker, whose tasks run in threads). A ``ProcessPoolExecutor`` is not suitable when a structure may
+    kill its process: the whole pool breaks and the next ``submit`` raises.
     """
     from tqdm.auto import tqdm
 
@@ -858,9 +874,18 @@ def scope_table(
     if jobs is None or jobs < 1:
         jobs = os.cpu_count() or 1
     settings = (variant, symprec, angle_tolerance, max_atoms)
+    if executor is not None:
+        if timeout is not None:
+            raise ValueError("timeout is enforced by the local worker pool only; leave it None with an executor")
+        if not callable(getattr(executor, "submit", None)):
+            raise TypeError(f"executor must be a distributed.Client or a concurrent.futures.Executor, got {executor!r}")
+        if not chunksize >= 1:
+            raise ValueError(f"chunksize must be >= 1, got {chunksize!r}")
     pooled = (jobs > 1 and len(items) >= 2 * chunksize) or (timeout is not None and len(items) > 0)
     with tqdm(total=len(items), disable=not progress, desc=f"SCOPE ({variant})", unit="struct") as bar:
-        if not pooled:
+        if executor is not None:
+            results = _run_executor(items, settings, executor, int(chunksize), bar)
+        elif not pooled:
             results = []
             for k, v in items:
                 results.append(_encode_item(k, v, *settings))
@@ -872,6 +897,306 @@ def scope_table(
             results = _run_pool(items, settings, workers, chunk, limit, bar)
     df = pd.DataFrame(results, columns=["scope", "error"], index=pd.Index(ids, name="id"))
     return df
+
+
+# --------------------------------------------------------------------------- clusters (dask.distributed, executors)
+
+
+def _encode_payloads(payloads: list, settings: tuple) -> list:
+    """One task of :func:`scope_table` on an executor: ``_encode_item`` for each pickled ``(id, item)`` payload,
+    unpickled here one at a time (a payload that does not unpickle is its own error row). Never raises for an
+    item, so an exception of the task is the infrastructure's (a worker that died, a lost connection)."""
+    results = []
+    for payload in payloads:
+        try:
+            name, item = pickle.loads(payload)
+        except Exception as exc:
+            results.append((None, _error_text(exc)))
+        else:
+            results.append(_encode_item(name, item, *settings))
+    return results
+
+
+def _dask_client(executor):
+    """``executor`` if it is a ``distributed.Client``, else None (never imports distributed for other executors)."""
+    import sys
+
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import Client
+
+    return executor if isinstance(executor, Client) else None
+
+
+def _task_failure(exc: BaseException, label: str) -> str:
+    """The message of the WorkerDiedError row of an item whose task failed alone."""
+    name = type(exc).__name__
+    if name == "KilledWorker":
+        tries = getattr(exc, "allowed_failures", None)
+        detail = f"{name}, {tries + 1} worker(s) died running it" if isinstance(tries, int) else name
+        return f"worker process died ({label}: {detail}) while encoding this structure"
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"task failed ({label}: {name}{': ' + text if text else ''}) while encoding this structure"
+
+
+def _run_executor(items: list, settings: tuple, executor, chunksize: int, bar) -> list:
+    """Results of ``_encode_item`` for every item, computed by tasks of ``executor`` (see :func:`scope_table`).
+
+    Stage "chunk": one task per ``chunksize`` items. A failed chunk's items are sent again one task each (stage
+    "item"), concurrently. An item whose own task failed too may only have shared a worker that another item
+    killed (dask blames every task in progress on a worker that dies): it is tried once more alone, after all
+    the rest and one at a time (stage "alone"); a failure then is its own WorkerDiedError row."""
+    import asyncio
+    import concurrent.futures as cf
+    import uuid
+
+    n = len(items)
+    results: list = [None] * n
+    client = _dask_client(executor)
+    label = "dask" if type(executor).__module__.split(".")[0] == "distributed" else type(executor).__name__
+    run = uuid.uuid4().hex[:12]
+    pending: dict = {}  # future -> (stage, item indices, their payloads)
+
+    def pack(i: int) -> bytes:
+        k, v = items[i]
+        return pickle.dumps((k, _shippable(k, v, settings[-1])), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def submit(stage: str, indices: list, payloads: list):
+        if client is not None:  # named tasks (dashboard, logs); retries stay off: every failure comes back here
+            key = f"scope-{stage}-{run}-{indices[0]}"
+            fut = client.submit(_encode_payloads, payloads, settings, key=key, pure=False, retries=0)
+        else:
+            fut = executor.submit(_encode_payloads, payloads, settings)
+        pending[fut] = (stage, indices, payloads)
+        return fut
+
+    def outcome(fut, count: int) -> tuple[list | None, BaseException | None]:
+        """(the task's results, None) or (None, the exception it failed with); a cancelled task raises."""
+        try:
+            out = fut.result()
+        except (cf.CancelledError, asyncio.CancelledError) as exc:
+            raise RuntimeError(f"a SCOPE task was cancelled by the executor ({label}): was it shut down?") from exc
+        except Exception as exc:
+            return None, exc
+        if not isinstance(out, list) or len(out) != count:
+            return None, RuntimeError(f"the task returned {type(out).__name__}, not {count} results")
+        return out, None
+
+    def wait_some() -> list:
+        futures = list(pending)
+        if type(futures[0]).__module__.split(".")[0] == "distributed":
+            from distributed import wait
+
+            return list(wait(futures, return_when="FIRST_COMPLETED").done)
+        return list(cf.wait(futures, return_when=cf.FIRST_COMPLETED).done)
+
+    alone: list = []
+    try:
+        for a in range(0, n, chunksize):
+            indices = list(range(a, min(n, a + chunksize)))
+            submit("chunk", indices, [pack(i) for i in indices])
+        while pending:
+            for fut in wait_some():
+                stage, indices, payloads = pending.pop(fut)
+                out, exc = outcome(fut, len(indices))
+                if exc is None:
+                    for i, result in zip(indices, out):
+                        results[i] = result
+                    bar.update(len(indices))
+                elif len(indices) > 1:
+                    for i, payload in zip(indices, payloads):
+                        submit("item", [i], [payload])
+                else:
+                    alone.append((indices[0], payloads[0]))
+        for i, payload in sorted(alone):
+            fut = submit("alone", [i], [payload])
+            out, exc = outcome(fut, 1)
+            pending.pop(fut)
+            if exc is None:
+                results[i] = out[0]
+            else:
+                results[i] = (None, _error_text(WorkerDiedError(_task_failure(exc, label), items[i][0])))
+            bar.update(1)
+    finally:
+        for fut in pending:  # on an error or Ctrl-C: do not leave work running on the cluster
+            fut.cancel()
+    return results
+
+
+# --------------------------------------------------------------------------- resumable shards on disk
+
+#: The columns of a shard file of :func:`scope_shards` (all strings; scope / error null where absent).
+SHARD_COLUMNS = ("id", "scope", "error")
+_SHARD_KEYS = ("variant", "symprec", "angle_tolerance", "max_atoms")
+
+
+def _shard_schema():
+    import pyarrow as pa
+
+    return pa.schema([(c, pa.string()) for c in SHARD_COLUMNS])
+
+
+def _write_shard(path: Path, df: pd.DataFrame) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .io import atomic_path
+
+    table = pa.table(
+        {"id": [str(k) for k in df.index], "scope": df["scope"].tolist(), "error": df["error"].tolist()},
+        schema=_shard_schema(),
+    )
+    with atomic_path(path) as tmp:  # temporary file in the same folder, then os.replace
+        pq.write_table(table, tmp)
+
+
+def _read_shard(path: Path, ids: list, shard_size: int, folder: Path) -> pd.DataFrame | None:
+    """The shard at ``path`` as scope_table's frame for ``ids`` if it holds exactly those rows; None if it is a
+    short last shard whose ids begin ``ids`` (the input grew: recompute it); else DataError."""
+    import pyarrow.parquet as pq
+
+    try:
+        cols = pq.read_table(path, columns=list(SHARD_COLUMNS)).to_pydict()
+    except Exception as exc:
+        raise DataError(
+            f"{path.name} is not a readable SCOPE shard ({type(exc).__name__}: {exc})", str(folder)
+        ) from exc
+    stored, want = cols["id"], [str(k) for k in ids]
+    if stored == want:
+        return pd.DataFrame({"scope": cols["scope"], "error": cols["error"]}, index=pd.Index(ids, name="id"))
+    if len(stored) < min(shard_size, len(want)) and want[: len(stored)] == stored:
+        return None
+    first = next((j for j, (a, b) in enumerate(zip(stored, want)) if a != b), min(len(stored), len(want)))
+    raise DataError(
+        f"{path.name} holds {len(stored)} rows, the input has {len(want)} for it, first difference at row {first} "
+        f"(id {stored[first] if first < len(stored) else None!r} vs {want[first] if first < len(want) else None!r}):"
+        " the input changed since the folder was written; use another folder",
+        str(folder),
+    )
+
+
+def scope_shards(
+    structures: Mapping[Any, Any] | Iterable[Any],
+    folder: str | os.PathLike,
+    shard_size: int = 10_000,
+    executor: Any = None,
+    jobs: int = 1,
+    **scope_table_kwargs,
+) -> pd.DataFrame:
+    """:func:`scope_table` shard by shard into ``folder``, resumable; returns the whole table (one row per input).
+
+    Consecutive slices of ``shard_size`` inputs (a mapping id -> item, or any iterable of items: ids 0..n-1,
+    read lazily, one shard at a time) are computed with ``scope_table(slice, executor=executor, jobs=jobs,
+    **scope_table_kwargs)`` and written to ``scope-00000.parquet``, ``scope-00001.parquet`` ... (columns ``id``
+    as a string, ``scope``, ``error``; written to a temporary file in the folder, then renamed, so a shard file is
+    complete or absent). ``manifest.json`` records the settings that decide the strings (variant, symprec,
+    angle_tolerance, max_atoms, shard_size), the shard files with their rows and failures, and whether the run
+    completed; it is rewritten after each shard.
+
+    A rerun with the same settings skips every shard already written whose ids equal the input's (checked, row
+    by row; a mapping's values of a skipped shard are not even looked up) and computes the missing ones: an
+    interrupted run resumes where it stopped. A short last shard that the input now extends is recomputed.
+    Other settings, a shard that holds other ids, or shard files without a manifest raise
+    :class:`~cloudlib.errors.DataError` naming the folder.
+    """
+    from .io import write_json
+
+    if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
+        raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
+    for key in ("structures", "executor", "jobs"):
+        if key in scope_table_kwargs:
+            raise TypeError(f"scope_shards() got multiple values for {key!r}")
+    import inspect
+
+    params = inspect.signature(scope_table).parameters
+    unknown = set(scope_table_kwargs) - set(params)
+    if unknown:
+        raise TypeError(f"scope_shards() got unexpected keyword arguments {sorted(unknown)}")
+    kw = {k: p.default for k, p in params.items() if k in _SHARD_KEYS} | scope_table_kwargs
+    if kw["variant"] not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {kw['variant']!r}")
+    settings = {
+        "variant": str(kw["variant"]),
+        "symprec": float(kw["symprec"]),
+        "angle_tolerance": float(kw["angle_tolerance"]),
+        "max_atoms": None if kw["max_atoms"] is None else int(kw["max_atoms"]),
+        "shard_size": shard_size,
+    }
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    records: dict[str, dict] = {}
+    if manifest_path.is_file():
+        try:
+            old = json.loads(manifest_path.read_text())
+            old_settings, records = old["settings"], {r["file"]: r for r in old["shards"]}
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise DataError(
+                f"manifest.json is not a scope_shards manifest ({type(exc).__name__})", str(folder)
+            ) from exc
+        if old_settings != settings:
+            diff = {k: (old_settings.get(k), v) for k, v in settings.items() if old_settings.get(k) != v}
+            raise DataError(
+                f"written with other settings (was, now: {diff}); use another folder or the same settings", str(folder)
+            )
+    elif folder.is_dir() and any(folder.glob("scope-*.parquet")):
+        raise DataError("holds SCOPE shard files but no manifest.json: not a scope_shards folder", str(folder))
+
+    def save(complete: bool) -> None:
+        shards = [records[f] for f in sorted(records)]
+        write_json(
+            manifest_path,
+            {
+                "format": 1,
+                "kind": "cloudlib.scope.scope_shards",
+                "settings": settings,
+                "complete": complete,
+                "rows": sum(r["rows"] for r in shards),
+                "failures": sum(r["failures"] for r in shards),
+                "shards": shards,
+            },
+        )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save(False)
+    if isinstance(structures, Mapping):
+        pairs = ((k, None) for k in structures)  # values looked up only for the shards computed
+
+        def value(k, v):
+            return structures[k]
+    else:
+        pairs = enumerate(structures)
+
+        def value(k, v):
+            return v
+
+    frames, files = [], []
+    for s in itertools.count():
+        batch = list(itertools.islice(pairs, shard_size))
+        if not batch:
+            break
+        ids = [k for k, _ in batch]
+        path = folder / f"scope-{s:05d}.parquet"
+        df = _read_shard(path, ids, shard_size, folder) if path.exists() else None
+        if df is None:
+            df = scope_table({k: value(k, v) for k, v in batch}, executor=executor, jobs=jobs, **scope_table_kwargs)
+            _write_shard(path, df)
+        files.append(path.name)
+        records[path.name] = {
+            "file": path.name,
+            "rows": len(df),
+            "failures": int(df["error"].notna().sum()),
+            "first_id": str(ids[0]),
+            "last_id": str(ids[-1]),
+        }
+        save(False)
+        frames.append(df)
+        if len(batch) < shard_size:
+            break
+    records = {f: records[f] for f in files}  # this input's shards (any beyond its end are not part of it)
+    save(True)
+    if not frames:
+        return scope_table({}, progress=False)
+    return pd.concat(frames) if len(frames) > 1 else frames[0]
 
 
 # --------------------------------------------------------------------------- reading SCOPE back
