@@ -10,6 +10,7 @@ input that cannot be used (a :class:`~cloudlib.errors.CloudError`, printed as on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -104,13 +105,39 @@ def _limits(args) -> dict:
     return {"timeout": args.timeout, "max_atoms": args.max_atoms or None}
 
 
+@contextlib.contextmanager
+def _dask_client(address: str | None):
+    """A ``distributed.Client`` connected to ``--dask ADDRESS`` (None: no cluster), closed afterwards."""
+    if not address:
+        yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        raise UsageError(f"--dask needs dask.distributed ({exc}); pip install distributed") from None
+    try:
+        client = Client(address, timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        raise UsageError(f"--dask {address}: no dask scheduler answered ({type(exc).__name__}: {exc})") from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 def _cmd_scope(args) -> int:
     from .inputs import read_inputs
     from .scope import scope_table
 
     _check_output(args.output)
+    limits = _limits(args)
+    if args.dask and limits["timeout"] is not None:
+        raise UsageError("--timeout is enforced by the local worker pool only; drop it with --dask")
     items = read_inputs(args.input)
-    df = scope_table(items, variant=args.variant, jobs=args.jobs, progress=not args.quiet, **_limits(args))
+    with _dask_client(args.dask) as client:
+        df = scope_table(
+            items, variant=args.variant, jobs=args.jobs, progress=not args.quiet, executor=client, **limits
+        )
     _write_rows(df, args.output)
     return _report_rows(df, args.output, skipped=items.skipped_text())
 
@@ -175,7 +202,8 @@ def _cmd_corpus(args) -> int:
         if args.limit is not None:
             raise UsageError("--ship builds the full corpus; drop --limit")
         print(f"shipped corpus -> {ship_corpus(jobs=args.jobs)}", file=sys.stderr)
-    corpus, table = load_pretraining_corpus(jobs=args.jobs, limit=args.limit, refresh=args.refresh)
+    with _dask_client(args.dask) as client:
+        corpus, table = load_pretraining_corpus(jobs=args.jobs, limit=args.limit, refresh=args.refresh, executor=client)
     print(table.to_string())
     if args.output:
         from .io import write_csv
@@ -413,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output CSV")
     p.add_argument("--variant", choices=["reduced", "full"], default="reduced")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (0 = all cores)")
+    p.add_argument("--dask", metavar="ADDRESS", help="run on a dask.distributed scheduler, e.g. tcp://host:8786")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     limits(p)
     p.set_defaults(func=_cmd_scope)
@@ -452,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--limit", type=int, default=None, help="first N items per source")
     p.add_argument("--refresh", action="store_true", help="recompute even if cached")
+    p.add_argument("--dask", metavar="ADDRESS", help="compute SCOPE on a dask.distributed scheduler (tcp://host:8786)")
     p.add_argument("--ship", action="store_true", help="rebuild the full corpus into data/corpus (committed data)")
     p.set_defaults(func=_cmd_corpus)
 

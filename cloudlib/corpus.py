@@ -136,13 +136,15 @@ def build_corpus(
     jobs: int = 1,
     limit: int | None = None,
     progress: bool = True,
+    executor=None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Compute the pre-training corpus: (rows, per-source table). Not cached; see load_pretraining_corpus.
 
     ``rows`` has one row per input crystal (index ``id``; columns ``source``, ``scope``, ``error``),
     failures kept. The table has, per source: structures, ok (valid SCOPE), unique strings, and
     ``new unique`` (strings not already contributed by an earlier source in the order given).
-    ``limit`` takes the first N items of each source (smoke runs).
+    ``limit`` takes the first N items of each source (smoke runs). ``executor`` (a ``distributed.Client``):
+    SCOPE runs on that cluster instead of ``jobs`` local processes (:func:`cloudlib.scope.scope_table`).
     """
     from .scope import scope_table
 
@@ -173,7 +175,7 @@ def build_corpus(
         if name in STRING_SOURCES:
             df = pd.DataFrame({"scope": list(items.values()), "error": None}, index=pd.Index(list(items), name="id"))
         else:
-            df = scope_table(items, jobs=jobs, progress=progress)
+            df = scope_table(items, jobs=jobs, progress=progress, executor=executor)
         df.insert(0, "source", name)
         frames.append(df)
         ok = df["scope"].dropna()
@@ -266,6 +268,7 @@ def load_pretraining_corpus(
     refresh: bool = False,
     progress: bool = True,
     holdout: tuple[str, ...] | list[str] = (),
+    executor=None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Deduplicated SCOPE corpus from every offline source, with provenance; cached on disk.
 
@@ -278,7 +281,7 @@ def load_pretraining_corpus(
     Strings over :data:`BLOCK_TOKENS` tokens are left out. ``holdout`` names sources whose every string is
     removed, whichever source also produced it (``("matbench_dielectric",)``: pre-training sees no string of
     a MatBench dielectric crystal, so no test crystal's). ``corpus.attrs`` records ``too_long`` and ``held_out``
-    (strings removed) and ``holdout``.
+    (strings removed) and ``holdout``. ``executor``: as in :func:`build_corpus` (when the corpus is computed).
     """
     from .io import write_csv
 
@@ -288,7 +291,7 @@ def load_pretraining_corpus(
     if not refresh and not rows_path.exists() and Path(f"{shipped}_rows.csv.gz").exists():
         rows_path, table_path = Path(f"{shipped}_rows.csv.gz"), Path(f"{shipped}_table.csv")
     if refresh or not (rows_path.exists() and table_path.exists()):
-        rows, table = build_corpus(sources, jobs=jobs, limit=limit, progress=progress)
+        rows, table = build_corpus(sources, jobs=jobs, limit=limit, progress=progress, executor=executor)
         write_csv(rows_path, rows)
         write_csv(table_path, table)
     rows = pd.read_csv(rows_path, index_col="id", keep_default_na=False, na_values=[""])

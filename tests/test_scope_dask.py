@@ -196,3 +196,22 @@ def test_scope_shards_resume_and_settings(client, seventy, tmp_path, monkeypatch
     after = _mtimes(grown)
     assert [after[f] == before[f] for f in files] == [True, True, False]
     assert json.loads((grown / "manifest.json").read_text())["rows"] == 71
+
+
+def test_command_line_scope_on_a_dask_scheduler(client, seventy, tmp_path, capsys):
+    """``python -m cloudlib scope FOLDER --dask ADDRESS``: the same CSV as ``--jobs 1``; --timeout with it refused."""
+    from cloudlib.cli import main
+
+    items, _ = seventy
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for name, structure in list(items.items())[:12]:
+        structure.to(filename=str(folder / f"{name}.cif"))
+    (folder / "broken.cif").write_text("data_x\n_cell_length_a 1\n")
+    local, remote = tmp_path / "local.csv", tmp_path / "dask.csv"
+    assert main(["scope", str(folder), "-o", str(local), "-q"]) == 2  # the broken file is a failed row
+    assert main(["scope", str(folder), "-o", str(remote), "-q", "--dask", client.scheduler.address]) == 2
+    pd.testing.assert_frame_equal(pd.read_csv(remote), pd.read_csv(local))
+    capsys.readouterr()
+    assert main(["scope", str(folder), "-o", str(remote), "--dask", client.scheduler.address, "--timeout", "5"]) == 1
+    assert "--timeout" in capsys.readouterr().err
