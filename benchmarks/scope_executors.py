@@ -60,7 +60,7 @@ def bench_executors(n: int = 600, repeats: int = 3, workers: int = 2) -> dict:
     import spglib
 
     from cloudlib.matbench_data import load_matbench
-    from cloudlib.scope import MAX_ATOMS, _shippable, scope_table
+    from cloudlib.scope import MAX_ATOMS, as_structure, scope_table, structure_cell
 
     structures = load_matbench("matbench_dielectric")["structure"].iloc[:n]
     items = structures.to_dict()
@@ -74,7 +74,10 @@ def bench_executors(n: int = 600, repeats: int = 3, workers: int = 2) -> dict:
 
     def run_packing():
         return [
-            pickle.dumps((k, _shippable(k, v, MAX_ATOMS)), protocol=pickle.HIGHEST_PROTOCOL) for k, v in items.items()
+            pickle.dumps(
+                (k, structure_cell(as_structure(v, k, MAX_ATOMS), k, MAX_ATOMS)), protocol=pickle.HIGHEST_PROTOCOL
+            )
+            for k, v in items.items()
         ]
 
     t0 = time.perf_counter()
