@@ -249,7 +249,11 @@ def _cmd_run(args) -> int:
     from .runner import run
 
     if not args.book_only:
-        run(args.profile, only=args.only, resume=args.resume)
+        if args.encoder:
+            from .model import encoder_kind
+
+            encoder_kind(args.encoder)  # a bad name or a missing folder fails before any notebook runs
+        run(args.profile, only=args.only, resume=args.resume, encoder=args.encoder)
     if args.book_only or not args.no_book:
         _build_book(args.profile)
     return EXIT_OK
@@ -501,6 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip notebooks whose last run succeeded with the same inputs")
     p.add_argument("--no-book", action="store_true", help="do not build the HTML book at the end")
     p.add_argument("--book-only", action="store_true", help="only build the book from the executed notebooks")
+    p.add_argument(
+        "--encoder",
+        default=None,
+        help="fine-tune (03, 05) from this encoder instead of the preset's: a model folder or a Hugging Face id, "
+        "e.g. ChangwenXu/CLOUD (the authors' released weights; then 02's own pre-training can be left out with --only)",
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("ship", help="copy a run's model folder (checked against its manifest) to where it ships")

@@ -143,13 +143,16 @@ def run(
     kernel: str | None = None,
     log: bool = True,
     resume: bool = False,
+    encoder: str | None = None,
 ) -> dict:
     """Execute every numbered notebook in order; executed copies go to ``results[/smoke]/executed``, cleaned for
     reading (:func:`clean_notebook`). Progress bars are off in the kernels (``TQDM_DISABLE=1``). The kernel is
     ``kernel`` or, by default, :func:`project_kernel`.
 
     Profile parameters are checked against each notebook's parameters cell (a typo fails fast). With
-    ``resume``, a notebook whose last run succeeded with the same :func:`input_key` is skipped. A failing
+    ``resume``, a notebook whose last run succeeded with the same :func:`input_key` is skipped. ``encoder`` (a
+    model folder or a Hugging Face id such as ``ChangwenXu/CLOUD``) is given to every notebook with an ``encoder``
+    parameter (the fine-tuning steps, 03 and 05) instead of their preset's encoder. A failing
     notebook stops the run (the ones after it read its outputs). Prints a summary table (notebook, status,
     seconds) and writes ``run_<profile>.json`` (per notebook: seconds, status, parameters, key).
     """
@@ -179,6 +182,8 @@ def run(
     planned, upstream = {}, ""
     for nb in nbs:  # check every notebook's parameters before running any: a typo fails fast
         params = {"profile": profile, **(overrides.get(nb.stem) or {})}
+        if encoder and "encoder" in notebook_parameters(nb):  # every step that fine-tunes starts from it
+            params["encoder"] = encoder
         unknown = set(params) - set(notebook_parameters(nb))
         if unknown:
             raise ValueError(f"{nb.name}: parameters {sorted(unknown)} are not in its parameters cell")

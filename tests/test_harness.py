@@ -120,6 +120,30 @@ def test_runner_executes_with_profile_parameters(tmp_path, monkeypatch):
     assert written["seconds"] >= written["notebooks"]["01_tiny"]["seconds"] > 0
 
 
+def test_runner_gives_an_encoder_to_the_notebooks_that_take_one(tmp_path, monkeypatch, capsys):
+    """``run --encoder X``: every notebook with an ``encoder`` parameter gets X (03 and 05 of the real project);
+    a bad encoder name is refused before any notebook runs."""
+    from cloudlib.cli import main
+
+    _tiny_project(tmp_path)
+    nb_path = tmp_path / "notebooks" / "01_tiny.ipynb"
+    nb = json.loads(nb_path.read_text())
+    nb["cells"][1]["source"].append('encoder = ""\n')
+    nb["cells"][2]["source"][1] = (
+        "pathlib.Path('out.json').write_text(json.dumps({'profile': profile, 'n': n, 'encoder': encoder}))"
+    )
+    nb_path.write_text(json.dumps(nb))
+    monkeypatch.setenv("CLOUD_HOME", str(tmp_path))
+    runner.run("laptop", log=False, encoder="ChangwenXu/CLOUD")
+    assert json.loads((tmp_path / "notebooks" / "out.json").read_text())["encoder"] == "ChangwenXu/CLOUD"
+    runner.run("laptop", log=False)
+    assert json.loads((tmp_path / "notebooks" / "out.json").read_text())["encoder"] == ""
+    assert main(["run", "--profile", "laptop", "--no-book", "--encoder", "no/such/folder/x"]) == 1
+    assert "no/such/folder/x" in capsys.readouterr().err
+    real = [runner.notebook_parameters(p) for p in sorted((ROOT / "notebooks").glob("0[35]_*.ipynb"))]
+    assert all("encoder" in params for params in real) and len(real) == 2
+
+
 def test_runner_refuses_unknown_parameters_and_notebooks(tmp_path, monkeypatch):
     _tiny_project(tmp_path, extra_params="02_missing:\n  x: 1\n")
     monkeypatch.setenv("CLOUD_HOME", str(tmp_path))
