@@ -591,6 +591,16 @@ def _encode_item(
         return None, _error_text(exc)
 
 
+def _encode_payload(payload: bytes, settings: tuple) -> tuple[str | None, str | None]:
+    """``_encode_item`` of a pickled ``(id, item)`` payload, unpickled here (one that does not unpickle is its own
+    error row)."""
+    try:
+        name, item = pickle.loads(payload)
+    except Exception as exc:
+        return None, _error_text(exc)
+    return _encode_item(name, item, *settings)
+
+
 def _shippable(name, obj, max_atoms: int | None = MAX_ATOMS):
     """For spawn-based pools: a light picklable payload (validated cell, text, path or the error)."""
     if isinstance(obj, (str, os.PathLike)):
@@ -632,12 +642,7 @@ def _pool_worker(conn, items, settings: tuple, close: list, progress, slot: int)
                 if payload is None:
                     results.append(_encode_item(*items[i], *settings))
                     continue
-                try:
-                    name, item = pickle.loads(payload)
-                except Exception as exc:
-                    results.append((None, _error_text(exc)))
-                else:
-                    results.append(_encode_item(name, item, *settings))
+                results.append(_encode_payload(payload, settings))
             progress[3 * slot + 1] = len(task)  # all done: a death from here on blames no item
             conn.send(results)
     except (EOFError, OSError):  # the parent went away
@@ -906,15 +911,7 @@ def _encode_payloads(payloads: list, settings: tuple) -> list:
     """One task of :func:`scope_table` on an executor: ``_encode_item`` for each pickled ``(id, item)`` payload,
     unpickled here one at a time (a payload that does not unpickle is its own error row). Never raises for an
     item, so an exception of the task is the infrastructure's (a worker that died, a lost connection)."""
-    results = []
-    for payload in payloads:
-        try:
-            name, item = pickle.loads(payload)
-        except Exception as exc:
-            results.append((None, _error_text(exc)))
-        else:
-            results.append(_encode_item(name, item, *settings))
-    return results
+    return [_encode_payload(payload, settings) for payload in payloads]
 
 
 def _dask_client(executor):

@@ -26,6 +26,7 @@ import torch
 from .errors import BlockSizeError, DataError
 from .io import write_bytes, write_json
 from .paths import resolve
+from .registry import sha256_file
 
 FORMAT = "cloudlib-token-shards"
 VERSION = 1
@@ -70,14 +71,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _read_manifest(folder: Path) -> dict:
     """A shard folder's manifest; a :class:`DataError` naming the folder when it is missing or not one."""
     if not folder.is_dir():
@@ -108,7 +101,7 @@ def _check_file(folder: Path, record: dict, verify: bool = False) -> Path:
     size = path.stat().st_size
     if size != record["bytes"]:
         raise DataError(f"{size:,} bytes, {record['bytes']:,} when written: truncated or replaced", str(path))
-    if verify and _sha256(path) != record["sha256"]:
+    if verify and sha256_file(path) != record["sha256"]:
         raise DataError("does not match the sha256 recorded when written: corrupted", str(path))
     return path
 
@@ -228,7 +221,10 @@ class _Builder:
             path = self.folder / name
             old = self.old.get(name)
             if not (
-                old == rec and path.is_file() and path.stat().st_size == rec["bytes"] and _sha256(path) == old["sha256"]
+                old == rec
+                and path.is_file()
+                and path.stat().st_size == rec["bytes"]
+                and sha256_file(path) == old["sha256"]
             ):
                 write_bytes(path, data)
             files[kind] = rec

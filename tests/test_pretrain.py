@@ -154,22 +154,27 @@ def test_resume_refuses_another_configuration(smoke_run, tmp_path):
     assert r.returncode != 0 and "another configuration" in r.stderr
 
 
+def _torchrun(cmd: list[str], timeout: int = 240) -> None:
+    """Run a torchrun command (1 thread per rank) in its own process group: a hang kills launcher and workers."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, start_new_session=True
+    )
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout} s: {stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
+
+
 def test_torchrun_two_processes_on_cpu(tmp_path, strings):
     out = tmp_path / "ddp"
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     sets = "--set max_steps=12 --set eval_every=6 --set ckpt_every=6".split()
     cmd = [*launch, "-m", "cloudlib", "pretrain", "--preset", "smoke", "--out", str(out), "-q", *sets]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, start_new_session=True
-    )  # its own process group: a hang kills launcher and workers
-    try:
-        _, stderr = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
-        pytest.fail(f"torchrun did not finish in 240 s: {stderr[-3000:]}")
-    assert proc.returncode == 0, stderr[-3000:]
+    _torchrun(cmd)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 12
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
@@ -415,18 +420,7 @@ def test_torchrun_two_processes_stream_one_corpus(corpus_csv, tmp_path):
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     sets = "--set max_steps=6 --set eval_every=6 --set ckpt_every=6 --set eval_max_strings=256".split()
     cmd = [*launch, "-m", "cloudlib", "pretrain", "--preset", "smoke", "--corpus", str(corpus_csv), "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [*cmd, "-q", *sets], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        _, stderr = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
-        pytest.fail(f"torchrun did not finish in 240 s: {stderr[-3000:]}")
-    assert proc.returncode == 0, stderr[-3000:]
+    _torchrun([*cmd, "-q", *sets])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 6
     assert json.loads((out / "token_shards" / "manifest.json").read_text())["complete"]
