@@ -182,9 +182,10 @@ def run(
     planned, upstream = {}, ""
     for nb in nbs:  # check every notebook's parameters before running any: a typo fails fast
         params = {"profile": profile, **(overrides.get(nb.stem) or {})}
-        if encoder and "encoder" in notebook_parameters(nb):  # every step that fine-tunes starts from it
+        declared = notebook_parameters(nb)
+        if encoder and "encoder" in declared:  # every step that fine-tunes starts from it
             params["encoder"] = encoder
-        unknown = set(params) - set(notebook_parameters(nb))
+        unknown = set(params) - set(declared)
         if unknown:
             raise ValueError(f"{nb.name}: parameters {sorted(unknown)} are not in its parameters cell")
         upstream = input_key(nb, params, upstream)

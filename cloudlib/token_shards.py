@@ -106,6 +106,15 @@ def _check_file(folder: Path, record: dict, verify: bool = False) -> Path:
     return path
 
 
+def _intact(folder: Path, record: dict) -> bool:
+    """Whether the file of ``record`` is there with its recorded size and sha256 (:func:`_check_file`)."""
+    try:
+        _check_file(folder, record, verify=True)
+    except DataError:
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- building
 
 
@@ -218,15 +227,8 @@ class _Builder:
             data = _npy_bytes(np.concatenate(self.parts[kind]))
             name = _shard_name(kind, index)
             rec = {"name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            path = self.folder / name
-            old = self.old.get(name)
-            if not (
-                old == rec
-                and path.is_file()
-                and path.stat().st_size == rec["bytes"]
-                and sha256_file(path) == old["sha256"]
-            ):
-                write_bytes(path, data)
+            if self.old.get(name) != rec or not _intact(self.folder, rec):  # an identical file is kept as it is
+                write_bytes(self.folder / name, data)
             files[kind] = rec
         tokens = int(sum(len(p) for p in self.parts["tokens"]))
         self.shards.append(
