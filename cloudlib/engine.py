@@ -34,6 +34,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,9 +324,10 @@ def epoch_batches(lengths: torch.Tensor, batch_size: int, epoch: int, seed: int,
     perm = torch.randperm(len(lengths), generator=g)
     if bucket_batches > 0:
         window = batch_size * bucket_batches
-        chunks = [c[torch.argsort(lengths[c], stable=True)] for c in perm.split(window)]
-        perm = torch.cat(chunks)
-    batches = list(perm.split(batch_size))
+        for a in range(0, len(perm), window):  # in place: one row-sized array however large the corpus
+            c = perm[a : a + window]
+            perm[a : a + window] = c[torch.argsort(lengths[c], stable=True)]
+    batches = list(perm.split(batch_size))  # views of perm
     order = torch.randperm(len(batches), generator=g).tolist()
     return [batches[i] for i in order]
 
@@ -463,8 +465,18 @@ class TrainResult:
     seconds: float
 
 
+def peak_rss_mb() -> float | None:
+    """This process's peak resident set size so far in MB (``getrusage``), None where the platform has none."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)  # bytes on macOS, kB on Linux
+
+
 def steps_per_epoch(n_rows: int, lengths: torch.Tensor, cfg: TrainConfig, world: int = 1) -> int:
-    per_epoch = len(epoch_batches(lengths, cfg.batch_size, 0, cfg.seed, cfg.bucket_batches)) // world
+    per_epoch = -(-len(lengths) // cfg.batch_size) // world  # epoch_batches' batches: ceil(rows / batch size)
     if per_epoch == 0:
         raise ConfigError(f"{n_rows} training rows make no batch of {cfg.batch_size} on {world} rank(s)", "batch_size")
     return per_epoch

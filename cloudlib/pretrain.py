@@ -243,6 +243,8 @@ def _pretrain(train, val, tok, cfg: PretrainConfig, out: Path, resume: bool, pro
                 "total_steps": engine.total_steps(cfg, per_epoch),
                 "non_embedding_params": cloud_model.n_params(mlm),
                 **(extra or {}),
+                # the data's cost: the rows opened, split and ordered, before any activation is allocated
+                "peak_rss_mb_before_training": engine.peak_rss_mb(),
             },
         )
     result = engine.train(net, objective, cfg, out_dir=out, resume=resume, restore_best=False, progress=progress, d=d)
@@ -252,6 +254,7 @@ def _pretrain(train, val, tok, cfg: PretrainConfig, out: Path, resume: bool, pro
         "final": log[-1] if log else None,
         "world_size": d.world,
         "seconds": round(result.seconds, 1),
+        "peak_rss_mb": engine.peak_rss_mb(),
     }
     if d.main:
         cloud_model.save(mlm, tok, out / "model")
@@ -290,7 +293,6 @@ def corpus_shards(corpus: str | os.PathLike, out_dir: str | os.PathLike, tokeniz
     (resumable: finished shards are kept), the other ranks waiting. ``reuse`` (a resumed run): a complete build
     there is used as it is, without reading the corpus again (the checkpoint's data digest still has to match)."""
     from . import token_shards
-    from .corpus import iter_corpus
     from .paths import resolve
     from .tokenizer import make_tokenizer
 
@@ -305,7 +307,19 @@ def corpus_shards(corpus: str | os.PathLike, out_dir: str | os.PathLike, tokeniz
         except DataError:  # unfinished or damaged: build (resumably) below
             pass
     d = engine.setup_distributed()
-    if d.main:
-        token_shards.build(iter_corpus(root), tok, folder, source=str(root))
+    if d.main:  # in a child process: what tokenizing and deduplicating hold is not kept by the training process
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pool.submit(_build_shards, root, tok, folder).result()
     engine.barrier(d)
     return token_shards.open_shards(folder, tok)
+
+
+def _build_shards(root: Path, tok, folder: Path) -> None:
+    """:func:`corpus_shards`' build, run in a child process."""
+    from . import token_shards
+    from .corpus import iter_corpus
+
+    token_shards.build(iter_corpus(root), tok, folder, source=str(root))

@@ -2,18 +2,22 @@
 
 * :func:`build` -- tokenize a stream of SCOPE string chunks (e.g. :func:`cloudlib.corpus.iter_corpus`) into
   ``tokens-NNNNN.npy`` (every id of the shard's strings, concatenated), ``lengths-NNNNN.npy`` (ids per string,
-  [CLS] and [SEP] included) and ``hashes-NNNNN.npy`` (:func:`string_hashes`), ``shard_strings`` strings a shard,
-  and a ``manifest.json`` rewritten after every shard: an interrupted build resumes where it stopped. Blank strings
-  and strings longer than the tokenizer's block size are counted and left out. Memory holds one shard.
-* :func:`open_shards` -- check a built folder against its manifest and return a :class:`TokenShards`: the token
-  files memory-mapped, each string kept once (its first occurrence), batches gathered on demand exactly as
-  :meth:`cloudlib.engine.Encoded.batch` gives them, a validation split by string hash.
+  [CLS] and [SEP] included), ``starts-NNNNN.npy`` (each string's first id in the tokens file) and
+  ``hashes-NNNNN.npy`` (:func:`string_hashes`), ``shard_strings`` strings a shard, and a ``manifest.json``
+  rewritten after every shard: an interrupted build resumes where it stopped. Blank strings and strings longer
+  than the tokenizer's block size are counted and left out. Memory holds one shard. Once the stream ends,
+  ``first.npy`` lists the position of each distinct string's first occurrence (the deduplicated corpus).
+* :func:`open_shards` -- check a built folder against its manifest and return a :class:`TokenShards`: every file
+  memory-mapped (the process holds no per-string array until a split or an epoch asks for one), each string kept
+  once (its first occurrence), batches gathered on demand exactly as :meth:`cloudlib.engine.Encoded.batch` gives
+  them, a validation split by string hash.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -29,15 +33,18 @@ from .paths import resolve
 from .registry import sha256_file
 
 FORMAT = "cloudlib-token-shards"
-VERSION = 1
+#: 2: ``starts`` files and ``first.npy`` written at build time (version 1 folders are rebuilt by :func:`build`)
+VERSION = 2
 MANIFEST = "manifest.json"
 #: Strings a shard holds unless :func:`build` is told otherwise (~20 MB of uint16 ids for SCOPE).
 SHARD_STRINGS = 250_000
 #: Strings tokenized at once: the working memory of :func:`build` besides the shard being filled.
 ENCODE_STRINGS = 20_000
-KINDS = ("tokens", "lengths", "hashes")
-_SHARD_FILE = re.compile(r"(tokens|lengths|hashes)-(\d{5,})\.npy")
+KINDS = ("tokens", "lengths", "starts", "hashes")
+FIRST = "first.npy"
+_SHARD_FILE = re.compile(r"(tokens|lengths|starts|hashes)-(\d{5,})\.npy")
 _MASK64 = (1 << 64) - 1
+_BLOCK = 1 << 20  # rows handled at once by the per-row passes (split, lengths, digest)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -71,8 +78,9 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _read_manifest(folder: Path) -> dict:
-    """A shard folder's manifest; a :class:`DataError` naming the folder when it is missing or not one."""
+def _read_manifest(folder: Path, any_version: bool = False) -> dict:
+    """A shard folder's manifest; a :class:`DataError` naming the folder when it is missing or not one (or, unless
+    ``any_version``, of another format version)."""
     if not folder.is_dir():
         raise DataError("no such token-shard folder", str(folder))
     path = folder / MANIFEST
@@ -85,9 +93,11 @@ def _read_manifest(folder: Path) -> dict:
         raise DataError(f"{MANIFEST} is not valid JSON ({exc})", str(path)) from exc
     if not ok:
         raise DataError(f"{MANIFEST} is not a token-shard manifest (format {FORMAT!r})", str(path))
-    if manifest.get("version") != VERSION:
+    if manifest.get("version") != VERSION and not any_version:
         raise DataError(
-            f"token-shard format version {manifest.get('version')}; this cloudlib reads {VERSION}", str(path)
+            f"token-shard format version {manifest.get('version')}; this cloudlib reads {VERSION} "
+            "(token_shards.build over the same input rebuilds it)",
+            str(path),
         )
     return manifest
 
@@ -165,7 +175,7 @@ class _Builder:
 
     def _reset(self) -> None:
         self.parts: dict[str, list[np.ndarray]] = {k: [] for k in KINDS}
-        self.n, self.inputs, self.blank, self.too_long = 0, 0, 0, 0
+        self.n, self.n_tokens, self.inputs, self.blank, self.too_long = 0, 0, 0, 0, 0
 
     def _hash_inputs(self, raw: list[str]) -> None:
         if raw:
@@ -211,8 +221,10 @@ class _Builder:
             self.too_long += int(long[pos:end].sum())
             self.parts["tokens"].append(ids[offsets[k] : offsets[k + take]])
             self.parts["lengths"].append(lengths[k : k + take].astype(self.len_dtype))
+            self.parts["starts"].append(offsets[k : k + take] - offsets[k] + self.n_tokens)
             self.parts["hashes"].append(hashes[k : k + take])
             self.n += take
+            self.n_tokens += int(offsets[k + take] - offsets[k])
             pos, k = end, k + take
             if self.n == self.shard_strings:
                 self.flush()
@@ -224,13 +236,9 @@ class _Builder:
         index = len(self.shards)
         files = {}
         for kind in KINDS:
-            data = _npy_bytes(np.concatenate(self.parts[kind]))
-            name = _shard_name(kind, index)
-            rec = {"name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            if self.old.get(name) != rec or not _intact(self.folder, rec):  # an identical file is kept as it is
-                write_bytes(self.folder / name, data)
-            files[kind] = rec
-        tokens = int(sum(len(p) for p in self.parts["tokens"]))
+            array = np.concatenate(self.parts[kind]).astype(self.header["dtypes"][kind], copy=False)
+            files[kind] = self._put(_shard_name(kind, index), array)
+        tokens = self.n_tokens
         self.shards.append(
             {
                 "strings": self.n,
@@ -244,6 +252,23 @@ class _Builder:
         self._reset()
         self.write(complete=False)
 
+    def _put(self, name: str, array: np.ndarray) -> dict:
+        """Write ``array`` as ``name`` (atomically) unless the previous build left an identical file; its record."""
+        data = _npy_bytes(array)
+        rec = {"name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        if self.old.get(name) != rec or not _intact(self.folder, rec):
+            write_bytes(self.folder / name, data)
+        return rec
+
+    def finish(self) -> dict:
+        """Write ``first.npy`` (positions of each distinct string's first occurrence, by hash) and the complete
+        manifest. Reads the shards' hashes back: 8 bytes a string, plus a sort."""
+        hashes = [np.load(self.folder / s["files"]["hashes"]["name"], mmap_mode="r") for s in self.shards]
+        first = _first_occurrences(np.concatenate(hashes) if hashes else np.zeros(0, np.uint64))
+        dtype = "<u4" if len(first) and first[-1] < 1 << 32 else "<i8"  # 4 bytes a position below 2**32 strings
+        self.first = {**self._put(FIRST, first.astype(dtype)), "strings": len(first), "dtype": dtype}
+        return self.write(complete=True)
+
     def manifest(self, complete: bool) -> dict:
         strings = sum(s["strings"] for s in self.shards)
         dropped = {k: sum(s["dropped"][k] for s in self.shards) + getattr(self, k) for k in ("blank", "too_long")}
@@ -254,6 +279,7 @@ class _Builder:
             "totals": {"inputs": inputs, "strings": strings, "tokens": sum(s["tokens"] for s in self.shards)},
             "dropped": dropped,
             "shards": self.shards,
+            **({"first": self.first} if complete else {}),
         }
 
     def write(self, complete: bool) -> dict:
@@ -282,10 +308,11 @@ def build(
 
     Strings are stripped; blank ones and those longer than ``tokenizer.model_max_length`` ids are counted and left
     out (duplicates are kept: :func:`open_shards` drops them). Every ``shard_strings`` kept strings make a shard
-    of three ``.npy`` files (ids concatenated, in :func:`id_dtype`; lengths; :func:`string_hashes`), written
-    atomically, then ``manifest.json`` is rewritten (format, tokenizer fingerprint and block size, per shard its
-    files with size and sha256, strings, tokens, input strings read, dropped counts and the sha256 of the input so
-    far; totals; ``source``; ``complete`` once the stream is exhausted).
+    of four ``.npy`` files (ids concatenated, in :func:`id_dtype`; lengths; each string's first id in the ids
+    file; :func:`string_hashes`), written atomically, then ``manifest.json`` is rewritten (format, tokenizer
+    fingerprint and block size, per shard its files with size and sha256, strings, tokens, input strings read,
+    dropped counts and the sha256 of the input so far; totals; ``source``; ``complete`` once the stream is
+    exhausted, with ``first.npy``: the sorted positions of each distinct string's first occurrence).
 
     Resumable: when ``folder`` holds a manifest of the same tokenizer, block size and ``shard_strings``, its full
     shards are kept (their files not rewritten) and the input strings they cover are read past, checked against
@@ -307,13 +334,18 @@ def build(
         },
         "block_size": block,
         "shard_strings": shard_strings,
-        "dtypes": {"tokens": id_dtype(len(tokenizer)).str, "lengths": _length_dtype(block).str, "hashes": "<u8"},
+        "dtypes": {
+            "tokens": id_dtype(len(tokenizer)).str,
+            "lengths": _length_dtype(block).str,
+            "starts": "<u4" if shard_strings * block < 1 << 32 else "<i8",
+            "hashes": "<u8",
+        },
         "hash": "blake2b, digest_size=8, of the stripped string's UTF-8, little-endian",
         "source": source,
     }
     kept, old = [], {}
-    if (folder / MANIFEST).exists():
-        previous = _read_manifest(folder)
+    previous = _read_manifest(folder, any_version=True) if (folder / MANIFEST).exists() else None
+    if previous is not None and previous.get("version") == VERSION:  # another version's shards are rebuilt
         for key, what in [("tokenizer", "tokenizer"), ("block_size", "block size"), ("shard_strings", "shard size")]:
             if previous.get(key) != header[key]:
                 was = "" if key == "tokenizer" else f" ({previous.get(key)}, not {header[key]})"
@@ -322,6 +354,8 @@ def build(
                     str(folder),
                 )
         old = {rec["name"]: rec for shard in previous["shards"] for rec in shard["files"].values()}
+        if "first" in previous:
+            old[FIRST] = {k: previous["first"][k] for k in ("name", "bytes", "sha256")}
         for shard in previous["shards"]:
             if shard["strings"] != shard_strings:
                 break  # the last, partial shard is rebuilt (the input may have grown)
@@ -346,38 +380,47 @@ def build(
         m = _SHARD_FILE.fullmatch(f.name)
         if m and int(m.group(2)) >= n:
             f.unlink()
-    return builder.write(complete=True)
+    return builder.finish()
 
 
 # --------------------------------------------------------------------------- reading
 
 
 class _Store:
-    """What every view of one shard folder shares: the memory maps, lengths, hashes and token offsets."""
+    """What every view of one shard folder shares: the manifest and each shard's memory-mapped arrays."""
 
-    def __init__(self, folder: Path, manifest: dict, tokens: list[np.ndarray], lengths, hashes):
-        self.folder, self.manifest, self.tokens = folder, manifest, tokens
+    def __init__(self, folder: Path, manifest: dict, arrays: list[dict[str, np.ndarray]]):
+        self.folder, self.manifest, self.arrays = folder, manifest, arrays
         self.pad_id = int(manifest["tokenizer"]["pad_id"])
-        counts = [len(x) for x in lengths]
-        self.shard_rows = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-        self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.uint8)
-        self.hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
-        # token offset of each string in its shard: 4 bytes a string while every shard has < 2**32 tokens
-        wide = any(len(t) >= 1 << 32 for t in tokens)
-        self.starts = np.empty(len(self.lengths), np.int64 if wide else np.uint32)
-        for a, x in zip(self.shard_rows[:-1], lengths):
-            np.cumsum(x, dtype=self.starts.dtype, out=self.starts[a : a + len(x)])
-            self.starts[a : a + len(x)] -= x
+        self.shard_rows = np.concatenate([[0], np.cumsum([len(a["lengths"]) for a in arrays], dtype=np.int64)])
         self.file_digests = [shard["files"][k]["sha256"] for shard in manifest["shards"] for k in KINDS]
+
+    @property
+    def tokens(self) -> list[np.ndarray]:
+        return [a["tokens"] for a in self.arrays]
+
+    def gather(self, kind: str, pos: np.ndarray) -> np.ndarray:
+        """``kind``'s values at global positions ``pos`` (any order), read from the shards' memory maps."""
+        pos = np.asarray(pos)
+        out = np.empty(len(pos), self.arrays[0][kind].dtype if self.arrays else np.int64)
+        if len(self.arrays) == 1:
+            out[:] = self.arrays[0][kind][pos]
+            return out
+        shard = np.searchsorted(self.shard_rows, pos, side="right") - 1
+        for s in range(int(shard.min()), int(shard.max()) + 1) if len(pos) else ():
+            sel = np.flatnonzero(shard == s)
+            if len(sel):
+                out[sel] = self.arrays[s][kind][pos[sel] - self.shard_rows[s]]
+        return out
 
 
 def open_shards(folder: str | os.PathLike, tokenizer=None, verify: bool = False) -> TokenShards:
-    """The strings of a folder :func:`build` made, each kept once (its first occurrence, by hash), in order.
+    """The strings of a folder :func:`build` made, each kept once (its first occurrence), in order.
 
     The manifest is checked (a complete build; with ``tokenizer``, the same vocabulary and a block size at least
     the one built with) and every file it lists must exist with its recorded size (``verify``: and its sha256,
-    which reads every byte); a missing, truncated or inconsistent file is a :class:`DataError` naming it. Token
-    files are memory-mapped; lengths and hashes (~9 bytes a string) are loaded.
+    which reads every byte); a missing, truncated or inconsistent file is a :class:`DataError` naming it. Every
+    file is memory-mapped: opening reads no per-string array into memory.
     """
     folder = resolve(folder)
     manifest = _read_manifest(folder)
@@ -396,33 +439,65 @@ def open_shards(folder: str | os.PathLike, tokenizer=None, verify: bool = False)
                 str(folder),
             )
     dtypes = manifest["dtypes"]
-    tokens, lengths, hashes = [], [], []
+    arrays = []
     for shard in manifest["shards"]:
         paths = {k: _check_file(folder, shard["files"][k], verify) for k in KINDS}
-        try:
-            arrays = {
-                "tokens": np.load(paths["tokens"], mmap_mode="r", allow_pickle=False),
-                "lengths": np.load(paths["lengths"], allow_pickle=False),
-                "hashes": np.load(paths["hashes"], allow_pickle=False),
-            }
-        except (ValueError, OSError) as exc:
-            raise DataError(f"does not load as a shard array ({exc})", str(paths["tokens"])) from exc
-        shapes = {"tokens": (shard["tokens"],), "lengths": (shard["strings"],), "hashes": (shard["strings"],)}
-        for kind, array in arrays.items():
+        got = {k: _map(paths[k]) for k in KINDS}
+        shapes = {k: (shard["strings"],) for k in KINDS} | {"tokens": (shard["tokens"],)}
+        for kind, array in got.items():
             if array.shape != shapes[kind] or array.dtype != np.dtype(dtypes[kind]):
                 raise DataError(
                     f"holds {array.dtype} {array.shape}, the manifest says {dtypes[kind]} {shapes[kind]}",
                     str(paths[kind]),
                 )
-        if int(arrays["lengths"].sum(dtype=np.int64)) != shard["tokens"]:
-            raise DataError(f"lengths do not add up to the shard's {shard['tokens']:,} tokens", str(paths["lengths"]))
-        tokens.append(arrays["tokens"])
-        lengths.append(arrays["lengths"])
-        hashes.append(arrays["hashes"])
-    store = _Store(folder, manifest, tokens, lengths, hashes)
-    if not len(store.hashes):
+        n = shard["strings"]
+        if n and int(got["starts"][-1]) + int(got["lengths"][-1]) != shard["tokens"]:
+            raise DataError(f"its last string does not end the shard's {shard['tokens']:,} ids", str(paths["starts"]))
+        arrays.append(got)
+    first_rec = manifest.get("first")
+    if first_rec is None:
+        raise DataError(
+            "the manifest lists no first.npy: an unfinished build; run token_shards.build again", str(folder)
+        )
+    first_path = _check_file(folder, first_rec, verify)
+    first = _map(first_path)
+    total = int(sum(s["strings"] for s in manifest["shards"]))
+    if (
+        first.shape != (first_rec["strings"],)
+        or first.dtype != np.dtype(first_rec["dtype"])
+        or (len(first) and (int(first[-1]) >= total or int(first[0]) != 0))
+    ):
+        raise DataError(f"does not hold the first occurrences of the folder's {total:,} strings", str(first_path))
+    if not len(first):
         raise DataError("holds no string", str(folder))
-    return TokenShards(store, _first_occurrences(store.hashes))
+    return TokenShards(_Store(folder, manifest, arrays), first)
+
+
+def _map(path: Path) -> np.ndarray:
+    """A read-only memory map of an ``.npy`` file; a :class:`DataError` naming it when it does not load as one.
+
+    Advised random access where the platform can: a batch reads scattered strings (no read-ahead)."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"does not load as a shard array ({exc})", str(path)) from exc
+    _advise(array, "MADV_RANDOM")
+    return array
+
+
+def _advise(array: np.ndarray, advice: str) -> None:
+    """``madvise`` the whole memory map behind ``array`` (a no-op where the platform or array has none)."""
+    raw = getattr(array, "_mmap", None)  # numpy's mmap.mmap behind an np.memmap
+    if raw is not None and hasattr(mmap, advice):
+        raw.madvise(getattr(mmap, advice))
+
+
+def _release(arrays: Iterable[np.ndarray]) -> None:
+    """Unmap the pages of these memory maps from the process (MADV_DONTNEED): they stay in the page cache and
+    are read again on the next touch. Without it every page a batch or a pass touched (the kernel maps ~64 kB
+    around each) would stay counted in the process's RSS, which would grow towards the corpus's size on disk."""
+    for array in arrays:
+        _advise(array, "MADV_DONTNEED")
 
 
 def _first_occurrences(hashes: np.ndarray) -> np.ndarray:
@@ -475,30 +550,36 @@ class TokenShards:
     @property
     def index(self) -> np.ndarray:
         """Positions of the rows among all the folder's strings (int64, a copy)."""
-        return self._index.copy()
+        return self._index.astype(np.int64)
 
     @property
     def hashes(self) -> np.ndarray:
         """:func:`string_hashes` of the rows (uint64)."""
-        return self._store.hashes[self._index]
+        return self._store.gather("hashes", self._index)
 
     @property
     def lengths(self) -> torch.Tensor:
         """Ids per row, [CLS] and [SEP] included (int16: 2 bytes a string; block sizes are far below 32,768)."""
         if self._lengths is None:
-            self._lengths = torch.from_numpy(self._store.lengths[self._index].astype(np.int16))
+            out = np.empty(len(self), np.int16)
+            for a in range(0, len(self), _BLOCK):
+                out[a : a + _BLOCK] = self._store.gather("lengths", self._index[a : a + _BLOCK])
+                _release(x["lengths"] for x in self._store.arrays)
+            _release([self._index])
+            self._lengths = torch.from_numpy(out)
         return self._lengths
 
     def rows(self, index) -> TokenShards:
         """The rows ``index`` (positions or a boolean mask; array, list or tensor) as a new view."""
-        return TokenShards(self._store, self._index[np.asarray(index)])
+        return TokenShards(self._store, np.asarray(self._index)[np.asarray(index)])
 
     def batch(self, index) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask), int64 ``[len(index), width]``, for rows ``index``: right-padded with the pad
         id to the longest of them, as ``engine.encode(tokenizer, strings).batch(index)`` gives."""
         st = self._store
-        pos = self._index[np.asarray(index)]
-        lengths = st.lengths[pos].astype(np.int64)
+        pos = np.asarray(self._index)[np.asarray(index)].astype(np.int64)
+        lengths = st.gather("lengths", pos).astype(np.int64)
+        starts = st.gather("starts", pos).astype(np.int64)
         width = int(lengths.max()) if len(pos) else 0
         mask = np.arange(width) < lengths[:, None]
         ids = np.full((len(pos), width), st.pad_id, dtype=np.int64)
@@ -506,10 +587,11 @@ class TokenShards:
         for s in np.unique(shard):
             sel = np.flatnonzero(shard == s)
             m = mask[sel]
-            gather = (st.starts[pos[sel]][:, None] + np.arange(width))[m]
+            gather = (starts[sel][:, None] + np.arange(width))[m]
             part = ids[sel]
-            part[m] = st.tokens[s][gather]
+            part[m] = st.arrays[s]["tokens"][gather]
             ids[sel] = part
+        _release(st.arrays[s][k] for s in np.unique(shard) for k in ("tokens", "lengths", "starts"))
         return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
     def split(self, val_fraction: float, seed: int = 0) -> tuple[TokenShards, TokenShards]:
@@ -522,9 +604,12 @@ class TokenShards:
         val = np.ones(len(self), bool)
         if val_fraction < 1:
             cut = np.uint64(int(val_fraction * 2**64))
-            for a in range(0, len(self), 1 << 20):  # in blocks: no corpus-sized temporaries
-                val[a : a + (1 << 20)] = _splitmix64(self._store.hashes[self._index[a : a + (1 << 20)]] ^ key) < cut
-        return self.rows(~val), self.rows(val)
+            for a in range(0, len(self), _BLOCK):  # in blocks: no corpus-sized temporaries
+                val[a : a + _BLOCK] = _splitmix64(self._store.gather("hashes", self._index[a : a + _BLOCK]) ^ key) < cut
+                _release(x["hashes"] for x in self._store.arrays)
+        train, val = self.rows(~val), self.rows(val)
+        _release([self._index])
+        return train, val
 
     def materialize(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids ``[N, longest]`` int64, right-padded; lengths int64) of every row, in memory: for small sets."""
@@ -536,5 +621,6 @@ class TokenShards:
         h = hashlib.sha256()
         for digest in self._store.file_digests:
             h.update(digest.encode())
-        h.update(np.ascontiguousarray(self._index, dtype="<i8"))  # no copy of an int64 index
+        for a in range(0, len(self), _BLOCK):  # the positions as int64, block by block
+            h.update(np.ascontiguousarray(self._index[a : a + _BLOCK], dtype="<i8"))
         return h.hexdigest()[:16]

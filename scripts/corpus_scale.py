@@ -10,7 +10,9 @@ CSV shards of 100 k strings and pre-trained on in its own process for a few step
     python scripts/corpus_scale.py [--sizes 30000 300000 3000000] [--steps 30] [--out data/corpus_scale]
 
 Writes ``OUT/NAME.json`` (default ``streamed``): per size the strings, CSV bytes per string, token-shard bytes per
-string, peak RSS of the pre-training process, its wall time, the training seconds and real tokens/s, the machine.
+string, peak RSS of the pre-training process (the overall peak, and the peak before its first step), its wall time,
+the training seconds and real tokens/s, the machine. The token shards are built in a child process
+(``pretrain.corpus_shards``), so the overall peak is the larger of the build's and the training's.
 ``OUT/scale.json`` is the same measurement before streaming (commit c2bc65a: strings read into memory).
 """
 
@@ -86,7 +88,10 @@ def measure(folder: Path, work: Path, steps: int) -> dict:
     config = json.loads((run / "config.json").read_text())
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     return {
-        "peak_rss_mb": round(got["maxrss_kb"] / 1024, 1),
+        "peak_rss_mb": round(got["maxrss_kb"] / 1024, 1),  # the largest of the build child and the trainer
+        # the trainer's peak once the rows are opened, split and their lengths read, before the first step: the
+        # corpus-dependent part (the steps add activations that depend on the batches' widths, not on the corpus)
+        "peak_rss_mb_before_training": config.get("peak_rss_mb_before_training"),
         "wall_s": round(wall, 1),
         "train_s": summary["seconds"],
         "outside_training_s": round(wall - summary["seconds"], 1),

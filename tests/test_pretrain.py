@@ -384,6 +384,7 @@ def test_streamed_corpus_crashed_then_resumed_matches_uninterrupted(corpus_csv, 
     shards = token_shards.open_shards(tmp_path / "a" / "token_shards")
     assert config_a["corpus_strings"] == len(shards) == len(set(pd.read_csv(corpus_csv)["scope"].dropna()))
     assert config_a["n_train"] + len(shards.split(0.2, 0)[1]) == len(shards)  # the smoke preset's val_fraction
+    assert 0 < config_a["peak_rss_mb_before_training"] <= reference["peak_rss_mb"]
 
     real_loss, calls = pt.MLMObjective.loss, []
 

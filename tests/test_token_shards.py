@@ -3,7 +3,9 @@ authors' 10 k SCOPE sample."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +14,7 @@ import torch
 from conftest import need, need_call
 
 from cloudlib import engine, registry, token_shards
+from cloudlib.config import TrainConfig
 from cloudlib.corpus import BLOCK_TOKENS, iter_corpus, n_tokens, read_corpus
 from cloudlib.errors import BlockSizeError, DataError
 from cloudlib.tokenizer import build_vocab, from_bert_vocab, make_tokenizer
@@ -96,7 +99,7 @@ def test_vocabulary_ids_over_255_are_stored_in_uint16(built, tok):
     data = token_shards.open_shards(folder)
     tokens = data._store.tokens
     assert all(t.dtype == np.uint16 for t in tokens) and max(int(t.max()) for t in tokens) == len(tok) - 1 > 255
-    assert manifest["dtypes"] == {"tokens": "<u2", "lengths": "|u1", "hashes": "<u8"}
+    assert manifest["dtypes"] == {"tokens": "<u2", "lengths": "|u1", "starts": "<u4", "hashes": "<u8"}
     assert token_shards.id_dtype(30_522) == np.uint16 and token_shards.id_dtype(1 << 16) == np.uint16
     assert token_shards.id_dtype((1 << 16) + 1) == np.int32
 
@@ -127,9 +130,68 @@ def test_the_authors_tokenizer_fraction_ids_and_word_pieces(tmp_path, inputs):
     assert data.manifest["tokenizer"]["pad_id"] == 1 and data.manifest["tokenizer"]["vocab_size"] == 564
 
 
-def test_token_arrays_are_memory_mapped(built):
-    data = token_shards.open_shards(built[0])
-    assert len(data._store.tokens) == 4 and all(isinstance(t, np.memmap) for t in data._store.tokens)
+def test_every_per_string_array_is_memory_mapped(built):
+    """Opening reads no per-string array into memory: ids, lengths, starts, hashes and the deduplicated index
+    (written at build time) are memory maps; first.npy equals the first occurrences of the shards' hashes."""
+    folder, manifest = built
+    data = token_shards.open_shards(folder)
+    arrays = data._store.arrays
+    assert len(arrays) == 4 and all(isinstance(a[k], np.memmap) for a in arrays for k in token_shards.KINDS)
+    assert isinstance(data._index, np.memmap) and data._index.dtype == np.dtype("<u4")
+    hashes = np.concatenate([a["hashes"] for a in arrays])
+    _, first = np.unique(hashes, return_index=True)
+    assert data.index.tolist() == sorted(first.tolist()) and manifest["first"]["strings"] == len(first)
+    starts = np.concatenate([[0], np.cumsum(arrays[0]["lengths"], dtype=np.int64)[:-1]])
+    assert np.array_equal(arrays[0]["starts"], starts)
+
+
+def _mapped_kb(folder) -> dict[str, int]:
+    """Resident kB of this process's mappings of files in ``folder`` (Linux /proc/self/smaps)."""
+    out, name = {}, None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and ":" in head[3]:  # a mapping's first line
+                name = head[5] if len(head) > 5 and head[5].startswith(str(folder)) else None
+            elif name and head[0] == "Rss:":
+                out[Path(name).name] = out.get(Path(name).name, 0) + int(head[1])
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc/self/smaps")
+def test_batches_and_passes_leave_no_pages_mapped(built):
+    """The pages a split, the lengths and a batch read are released (MADV_DONTNEED) once read: the process's RSS
+    does not grow towards the corpus's size on disk as training reads it; the maps still read correctly after."""
+    folder = built[0]
+    data = token_shards.open_shards(folder)
+    train, val = data.split(0.1, 0)
+    lengths = train.lengths
+    first = [train.batch(np.arange(i, len(train), 97)[:128]) for i in range(20)]
+    assert sum(_mapped_kb(folder).values()) == 0, _mapped_kb(folder)
+    again = [train.batch(np.arange(i, len(train), 97)[:128]) for i in range(20)]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again)) and torch.equal(lengths, train.lengths)
+
+
+def test_epoch_order_is_the_one_of_the_list_version():
+    """epoch_batches sorts its length windows in place: the batches are those of the earlier version that
+    concatenated sorted copies (published runs keep their data order), and steps_per_epoch counts them."""
+    lengths = torch.randint(3, 60, (10_007,), generator=torch.Generator().manual_seed(1))
+
+    def listed(lengths, batch_size, epoch, seed, bucket_batches):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(len(lengths), generator=g)
+        if bucket_batches > 0:
+            window = batch_size * bucket_batches
+            perm = torch.cat([c[torch.argsort(lengths[c], stable=True)] for c in perm.split(window)])
+        batches = list(perm.split(batch_size))
+        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+    for bs, bucket in [(64, 20), (128, 50), (100, 0), (7, 3)]:
+        mine, theirs = engine.epoch_batches(lengths, bs, 2, 5, bucket), listed(lengths, bs, 2, 5, bucket)
+        assert len(mine) == len(theirs) and all(torch.equal(a, b) for a, b in zip(mine, theirs))
+        cfg = TrainConfig(batch_size=bs, bucket_batches=bucket)
+        assert engine.steps_per_epoch(len(lengths), lengths, cfg) == len(theirs)
+        assert engine.steps_per_epoch(len(lengths), lengths, cfg, world=3) == len(theirs) // 3
 
 
 def test_duplicates_keep_their_first_occurrence(tmp_path, inputs, tok):
@@ -162,7 +224,7 @@ def test_an_interrupted_build_resumes_without_rewriting_finished_shards(tmp_path
     with pytest.raises(DataError, match="unfinished build"):
         token_shards.open_shards(folder)
     first = {f.name: (f.stat().st_ino, f.stat().st_mtime_ns) for f in folder.glob("*-0000[01].npy")}
-    assert len(first) == 6
+    assert len(first) == 8
 
     with pytest.raises(DataError, match="another shard size"):
         token_shards.build(chunked(inputs, 500), tok, folder, shard_strings=SHARD + 1)
@@ -211,6 +273,20 @@ def test_damaged_folders_and_other_tokenizers_are_named(tmp_path, built, tok):
     token_shards.open_shards(corrupt)  # sizes only by default
     with pytest.raises(DataError, match="hashes-00000.npy.*sha256"):
         token_shards.open_shards(corrupt, verify=True)
+    gone = copy("gone")
+    (gone / "first.npy").unlink()
+    with pytest.raises(DataError, match="first.npy.*missing"):
+        token_shards.open_shards(gone)
+    lying = copy("lying")  # a first.npy of the right size whose positions run past the folder's strings
+    first = np.load(lying / "first.npy")
+    np.save(lying / "first.npy", first + np.uint32(len(first)))
+    with pytest.raises(DataError, match="first.npy.*first occurrences"):
+        token_shards.open_shards(lying)
+    shifted = copy("shifted")  # starts that do not end the shard where its ids end
+    starts = np.load(shifted / "starts-00001.npy")
+    np.save(shifted / "starts-00001.npy", starts + np.uint32(1))
+    with pytest.raises(DataError, match="starts-00001.npy.*does not end"):
+        token_shards.open_shards(shifted)
     with pytest.raises(DataError, match="no manifest.json"):
         token_shards.open_shards(tmp_path)
     with pytest.raises(DataError, match="no such token-shard folder"):
@@ -228,6 +304,24 @@ def test_damaged_folders_and_other_tokenizers_are_named(tmp_path, built, tok):
         token_shards.open_shards(src, other)
     with pytest.raises(DataError, match="another tokenizer"):
         token_shards.build([["Na 0.5"]], other, copy("other"), shard_strings=SHARD)
+
+
+def test_a_folder_of_the_first_format_is_named_and_rebuilt(tmp_path, inputs, tok, built):
+    """A version 1 folder (no starts, no first.npy) is refused by open_shards with the way out; build over the same
+    input rebuilds it into the one-shot build's files."""
+    folder = tmp_path / "v1"
+    shutil.copytree(built[0], folder)
+    manifest = token_shards._read_manifest(folder)
+    manifest["version"] = 1
+    for shard in manifest["shards"]:
+        (folder / shard["files"].pop("starts")["name"]).unlink()
+    (folder / manifest.pop("first")["name"]).unlink()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="version 1; this cloudlib reads 2.*rebuilds"):
+        token_shards.open_shards(folder)
+    assert token_shards.build(chunked(inputs, 700), tok, folder, shard_strings=SHARD, source="test") == built[1]
+    assert sorted(f.name for f in folder.iterdir()) == sorted(f.name for f in built[0].iterdir())
+    assert token_shards.open_shards(folder).digest() == token_shards.open_shards(built[0]).digest()
 
 
 def test_split_is_by_hash(tmp_path, built, inputs, tok):
