@@ -306,17 +306,19 @@ def _cmd_harvest(args) -> int:
         timeout=args.timeout,
         retries=args.retries,
     )
-    if len(args.base_url) > 1:  # several providers at once, one sub-folder each
-        try:
-            table = harvest_many(args.base_url, args.out_dir, concurrency=args.concurrency, **kwargs)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        for r in table.itertuples():
-            state = "complete" if r.complete else "incomplete"
-            tail = f"; {r.error}" if r.error else ""
-            print(f"{r.url}: {r.rows} entries, {r.failed} failed, {state}{tail}", file=sys.stderr)
-        return EXIT_ROWS_FAILED if (table["error"] != "").any() or table["failed"].sum() else EXIT_OK
-    df = harvest(args.base_url[0], args.out_dir, progress=not args.quiet, **kwargs)
+    with _dask_client(args.dask) as client:
+        kwargs["executor"] = client
+        if len(args.base_url) > 1:  # several providers at once, one sub-folder each
+            try:
+                table = harvest_many(args.base_url, args.out_dir, concurrency=args.concurrency, **kwargs)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            for r in table.itertuples():
+                state = "complete" if r.complete else "incomplete"
+                tail = f"; {r.error}" if r.error else ""
+                print(f"{r.url}: {r.rows} entries, {r.failed} failed, {state}{tail}", file=sys.stderr)
+            return EXIT_ROWS_FAILED if (table["error"] != "").any() or table["failed"].sum() else EXIT_OK
+        df = harvest(args.base_url[0], args.out_dir, progress=not args.quiet, **kwargs)
     failed = int(df["error"].fillna("").astype(str).str.len().gt(0).sum())
     print(f"{len(df)} entries harvested into {args.out_dir}; {failed} failed", file=sys.stderr)
     return EXIT_ROWS_FAILED if failed else EXIT_OK
@@ -580,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--retries", type=int, default=2, help="retries per page of 429/5xx/timeouts (default 2)")
     p.add_argument("--variant", choices=["reduced", "full"], default="reduced")
+    p.add_argument("--dask", metavar="ADDRESS", help="compute SCOPE on a dask.distributed scheduler (tcp://host:8786)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_harvest)
     return parser

@@ -73,7 +73,7 @@ from .errors import (
     UnknownSpeciesError,
 )
 from .io import write_json
-from .scope import VARIANTS, structure_to_scope
+from .scope import VARIANTS, scope_table, structure_to_scope
 from .store import PartStore
 
 __all__ = [
@@ -502,7 +502,7 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def _entry_row(entry: dict, provider: str, variant: str) -> dict:
+def _entry_row(entry: dict, provider: str, variant: str, scope: bool = True) -> dict:
     attrs = entry.get("attributes") if isinstance(entry.get("attributes"), dict) else {}
     row = {
         "id": str(entry["id"]),
@@ -511,6 +511,8 @@ def _entry_row(entry: dict, provider: str, variant: str) -> dict:
         "scope": "",
         "error": "",
     }
+    if not scope:
+        return row
     try:
         row["scope"] = structure_to_scope(entry_to_structure(entry), variant=variant)
     except Exception as exc:  # StructureError subclasses mostly; keep going on anything, but say what
@@ -518,12 +520,31 @@ def _entry_row(entry: dict, provider: str, variant: str) -> dict:
     return row
 
 
-def _page_rows(doc: dict, url: str, provider: str, variant: str) -> pd.DataFrame:
-    rows = []
+def _page_rows(doc: dict, url: str, provider: str, variant: str, executor=None) -> pd.DataFrame:
     for i, entry in enumerate(doc["data"]):
         if not isinstance(entry, dict) or entry.get("id") in (None, ""):
             raise OptimadeResponseError(f"data[{i}] has no 'id' (every OPTIMADE entry must have one)", url)
-        rows.append(_entry_row(entry, provider, variant))
+    if executor is None:
+        rows = [_entry_row(entry, provider, variant) for entry in doc["data"]]
+        return pd.DataFrame(rows, columns=COLUMNS)
+    # on a cluster: entries become structures here (light work), SCOPE is computed by the executor's tasks
+    rows, structures = [], {}
+    for i, entry in enumerate(doc["data"]):
+        row = _entry_row(entry, provider, variant, scope=False)
+        try:
+            structures[i] = entry_to_structure(entry)
+        except Exception as exc:
+            row["error"] = _error_text(exc)
+        rows.append(row)
+    if structures:
+        table = scope_table(structures, variant=variant, executor=executor, progress=False)
+        for i, (text, error) in zip(table.index, zip(table["scope"], table["error"])):
+            if error is None:
+                rows[i]["scope"] = text
+            else:  # scope's "ErrorClass: KEY: message" as structure_to_scope without a name gives it, spaced
+                name, _, message = str(error).partition(": ")
+                message = message.removeprefix(f"{i}: ")
+                rows[i]["error"] = f"{name}: {' '.join(message.split())}"
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -661,6 +682,7 @@ def harvest(
     retries: int = DEFAULT_RETRIES,
     backoff: float = 2.0,
     max_pages: int | None = None,
+    executor=None,
 ) -> pd.DataFrame:
     """Harvest ``{base_url}/v1/structures`` (optionally filtered) into SCOPE strings, resumably.
 
@@ -686,6 +708,9 @@ def harvest(
         max_pages: stop once this many pages are on disk in ``out_dir`` (like ``max_structures``, a later
             call with a larger value or ``None`` continues). The listing also ends by itself when as many
             entries as ``meta.data_returned`` (first page) have arrived, whatever ``links.next`` says.
+        executor: compute each page's SCOPE strings on a cluster: a ``distributed.Client`` (dask) or a
+            ``concurrent.futures.Executor`` (see :func:`cloudlib.scope.scope_table`); the entries are read into
+            structures here, the strings and errors are those computed here without one. None: in this thread.
 
     Returns:
         DataFrame with columns :data:`COLUMNS` (all strings, RangeIndex; ids are not unique across
@@ -761,7 +786,7 @@ def harvest(
             if not doc["data"]:
                 nxt = None  # an empty page ends the listing, whatever links.next says
             if doc["data"]:
-                rows = _page_rows(doc, url, state["provider"], variant)
+                rows = _page_rows(doc, url, state["provider"], variant, executor)
                 _pages(out_dir, state).put(_page_key(state["pages"]), {"url": url, "rows": rows.to_dict(orient="list")})
                 n_ok = int((rows["error"] == "").sum())
                 state["pages"] += 1
@@ -817,7 +842,8 @@ def harvest_many(
     after another, so no server sees more than one request at a time from this harvest. A provider that fails
     (unreachable, timing out, not OPTIMADE) is reported in its row and does not stop the others; its pages so far
     stay on disk, and calling again resumes every provider where it stopped (finished ones make no request).
-    ``kwargs`` go to :func:`harvest` (filter, page_limit, max_structures, max_pages, timeout, retries, ...).
+    ``kwargs`` go to :func:`harvest` (filter, page_limit, max_structures, max_pages, timeout, retries, executor,
+    ...); with an ``executor`` every provider's pages are encoded on that one cluster.
 
     Writes ``out_dir/providers.json`` (atomically, after every provider) and returns one row per provider:
     ``folder, url, rows, scope, failed, complete, error, seconds``. :func:`cloudlib.corpus.read_corpus` and

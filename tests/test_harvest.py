@@ -803,3 +803,36 @@ def test_several_providers_at_once(bundled, curated, tmp_path, monkeypatch):
     code = main(["harvest", bundled, base, str(tmp_path / "cli"), "--concurrency", "2", "-q"])
     assert code in (0, 2) and (tmp_path / "cli" / hv.PROVIDERS_FILE).is_file()
     assert code == (2 if ok.loc[base, "failed"] or ok.loc[bundled, "failed"] else 0)
+
+
+# --------------------------------------------------------------------------- SCOPE of the pages on a cluster
+
+
+def test_pages_encoded_on_a_dask_cluster_equal_the_inline_harvest(curated, bundled, tmp_path):
+    """harvest(executor=client) on a real dask LocalCluster (loopback, 2 worker processes): the same table, good and
+    failed rows alike (the same error texts), as the harvest that encodes in its own thread; harvest_many and the
+    command line's --dask pass the cluster on."""
+    distributed = pytest.importorskip("distributed")
+    from cloudlib.cli import main
+
+    base, _ = curated
+    inline = harvest(base, tmp_path / "inline", page_limit=5, progress=False)
+    assert (inline["error"] != "").any() and (inline["error"] == "").any()
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+    )
+    try:
+        with distributed.Client(cluster) as client:
+            on_dask = harvest(base, tmp_path / "dask", page_limit=5, progress=False, executor=client)
+            pd.testing.assert_frame_equal(on_dask, inline)
+            many = hv.harvest_many([bundled, base], tmp_path / "many", page_limit=5, executor=client)
+            assert many["complete"].all() and (many["error"] == "").all()
+            pd.testing.assert_frame_equal(load_harvest(tmp_path / "many" / hv.provider_folder(base)), inline)
+            assert main(["harvest", base, str(tmp_path / "cli"), "-q", "--dask", cluster.scheduler_address]) == 2
+            pd.testing.assert_frame_equal(
+                load_harvest(tmp_path / "cli"), harvest(base, tmp_path / "cli2", progress=False)
+            )
+    finally:
+        cluster.close()
+    port = _free_port()
+    assert main(["harvest", base, str(tmp_path / "x"), "-q", "--dask", f"tcp://127.0.0.1:{port}"]) == 1
