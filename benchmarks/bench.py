@@ -108,7 +108,7 @@ def bench_scope(n: int = 1000, repeats: int = 3) -> dict:
     from benchmarks.authors import generate_seq
     from cloudlib.matbench_data import load_matbench
     from cloudlib.registry import fetch
-    from cloudlib.scope import scope_table
+    from cloudlib.scope import MIN_DISTANCE, cell_to_scope, check_overlap, scope_table, structure_cell
 
     structures = load_matbench("matbench_dielectric")["structure"].iloc[:n]
     items = structures.to_dict()
@@ -126,19 +126,42 @@ def bench_scope(n: int = 1000, repeats: int = 3) -> dict:
     def run_floor():
         return [spglib.get_symmetry_dataset(c, symprec=0.01, angle_tolerance=5.0) for c in cells]
 
+    light = [structure_cell(s, k) for k, s in items.items()]  # the validated cells of the jobs=1 path
+    # where jobs=1 spends the time the floor does not: each part alone, over the same structures
+    parts = {
+        "validation (structure_cell)": lambda: [structure_cell(s, k) for k, s in items.items()],
+        "overlap check (check_overlap)": lambda: [check_overlap(c[0], c[1], c[2], MIN_DISTANCE) for c in light],
+        "cell_to_scope (overlap + spglib + string)": lambda: [cell_to_scope(c) for c in light],
+    }
     timings = {"authors": [], "spglib floor": [], "cloudlib jobs=1": [], "cloudlib jobs=2": []}
+    timings.update({k: [] for k in parts})
     outputs = {}
     runs = {
         "authors": run_authors,
         "spglib floor": run_floor,
         "cloudlib jobs=1": lambda: scope_table(items, jobs=1, progress=False)["scope"].tolist(),
         "cloudlib jobs=2": lambda: scope_table(items, jobs=2, progress=False)["scope"].tolist(),
+        **parts,
     }
     for _ in range(repeats):  # interleave so drift in machine load hits every method alike
         for name, fn in runs.items():
             t, out = _best(fn, 1)
             timings[name].append(t)
             outputs[name] = out
+    us = {k: 1e6 * min(v) / n for k, v in timings.items()}  # microseconds a structure, best of the repeats
+    breakdown = {
+        "spglib floor": us["spglib floor"],
+        "validation (structure_cell)": us["validation (structure_cell)"],
+        "overlap check (check_overlap)": us["overlap check (check_overlap)"],
+        "string assembly (cell_to_scope - overlap - floor)": us["cell_to_scope (overlap + spglib + string)"]
+        - us["overlap check (check_overlap)"]
+        - us["spglib floor"],
+        "the rest (scope_table - cell_to_scope - validation)": us["cloudlib jobs=1"]
+        - us["cell_to_scope (overlap + spglib + string)"]
+        - us["validation (structure_cell)"],
+        "cloudlib jobs=1": us["cloudlib jobs=1"],
+    }
+    timings = {k: v for k, v in timings.items() if k not in parts}
     rate = {k: n / min(v) for k, v in timings.items()}
     identical = outputs["cloudlib jobs=1"] == outputs["authors"] == outputs["cloudlib jobs=2"]
     result = {
@@ -152,6 +175,7 @@ def bench_scope(n: int = 1000, repeats: int = 3) -> dict:
             "jobs=2 / jobs=1": round(rate["cloudlib jobs=2"] / rate["cloudlib jobs=1"], 3),
             "machine ceiling, 2 processes (pure Python control)": round(process_scaling_ceiling(), 3),
         },
+        "jobs=1 microseconds a structure (best of the repeats)": {k: round(v, 1) for k, v in breakdown.items()},
         "identical_output": bool(identical),
         "mean_atoms": round(float(np.mean([len(s) for s in structures])), 1),
     }

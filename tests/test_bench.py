@@ -84,6 +84,9 @@ def test_scope_bench_identical_output():
     r = need_call(bench.bench_scope, n=30, repeats=1)
     assert r["identical_output"] is True
     assert r["structures"] == 30 and all(v > 0 for v in r["rates_per_s"].values())
+    parts = r["jobs=1 microseconds a structure (best of the repeats)"]
+    assert parts["spglib floor"] > 0 and parts["validation (structure_cell)"] > 0
+    assert parts["overlap check (check_overlap)"] > 0 and parts["cloudlib jobs=1"] >= parts["spglib floor"] * 0.5
 
 
 def test_finetune_bench_structure(scope_strings):
