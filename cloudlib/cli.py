@@ -349,6 +349,7 @@ def _cmd_pretrain(args) -> int:
         progress=not args.quiet,
         jobs=args.jobs,
         corpus=args.corpus,
+        prefetch=args.prefetch,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
@@ -530,6 +531,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a PretrainConfig field")
     p.add_argument("--jobs", type=int, default=1, help="processes for building the corpus cache")
+    p.add_argument(
+        "--prefetch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="batches a background thread reads ahead (default: 2 on a GPU, 0 on the CPU); results are the same",
+    )
     p.add_argument(
         "--corpus",
         default=None,

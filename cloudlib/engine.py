@@ -493,12 +493,15 @@ class Stepper:
         self.model, self.module, self.objective = model, module, objective
         self.opt, self.sched, self.cfg, self.d = opt, sched, cfg, d
 
-    def __call__(self, step: int, idx: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def __call__(self, step: int, idx: torch.Tensor, data=None) -> tuple[torch.Tensor, dict]:
         stream = self.objective.seed_stream + self.d.rank
         torch.manual_seed(step_seed(self.cfg.seed, step, stream))
         g = torch.Generator().manual_seed(mask_seed(self.cfg.seed, step, stream))
         with autocast(self.d.device, self.cfg.precision):
-            loss, stats = self.objective.loss(self.model, idx, g)
+            if data is None:
+                loss, stats = self.objective.loss(self.model, idx, g)
+            else:  # read ahead by _feed
+                loss, stats = self.objective.loss(self.model, idx, g, data=data)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip:
@@ -510,6 +513,34 @@ class Stepper:
 
 def _comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "threads"}  # the thread count does not define a run
+
+
+def _feed(objective: Objective, batches: list, depth: int):
+    """``(idx, data)`` for each batch: with ``depth`` > 0 and an objective that has ``fetch(idx)`` (host-side
+    reading, no randomness), ``data`` is read up to ``depth`` batches ahead by one background thread while the
+    steps run (the CPU side of a GPU run: what DataLoader workers do); otherwise ``data`` is None and the objective
+    reads its batch in the step. Close it (``contextlib.closing``) to stop the thread when the loop ends early."""
+    fetch = getattr(objective, "fetch", None)
+    if not depth or fetch is None:
+        for idx in batches:
+            yield idx, None
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+    queue: deque = deque()
+    nxt = 0
+    try:
+        for idx in batches:
+            while nxt < len(batches) and len(queue) <= depth:
+                queue.append(pool.submit(fetch, batches[nxt]))
+                nxt += 1
+            yield idx, queue.popleft().result()
+    finally:
+        for fut in queue:
+            fut.cancel()
+        pool.shutdown(wait=True)
 
 
 def _write_log(folder: Path, log: list[dict]) -> None:
@@ -532,6 +563,7 @@ class Trainer:
         d: Dist,
     ):
         self.objective, self.cfg, self.d, self.restore_best, self.progress = objective, cfg, d, restore_best, progress
+        self.prefetch = 0  # batches read ahead (train sets it)
         self.module = model.to(d.device)
         self.dropout = dropout_impl(d.device)
         use_dropout(self.module, self.dropout)
@@ -670,22 +702,22 @@ class Trainer:
         while step < self.total and not stop:
             epoch, pos = divmod(step, self.per_epoch)
             batches = epoch_batches(self.objective.lengths, cfg.batch_size, epoch, cfg.seed, cfg.bucket_batches)
-            for idx in batches[d.rank :: d.world][: self.per_epoch][pos:]:
-                if step >= self.total:
-                    break
-                t0 = time.perf_counter()
-                loss, stats = self.stepper(step, idx)
-                step += 1
-                synchronize(d.device)
-                self.record(loss, stats, idx, time.perf_counter() - t0)
-                self.bar.update(1)
-                if step % self.eval_every == 0 or step == self.total:
-                    stop = self.evaluate(step, stats)
-                if self.out is not None and d.main and (step % self.ckpt_every == 0 or step == self.total or stop):
-                    self.state["step"] = step
-                    self.save_checkpoint()
-                if stop:
-                    break
+            mine = batches[d.rank :: d.world][: self.per_epoch][pos:][: self.total - step]
+            with contextlib.closing(_feed(self.objective, mine, self.prefetch)) as feed:
+                for idx, data in feed:
+                    t0 = time.perf_counter()
+                    loss, stats = self.stepper(step, idx) if data is None else self.stepper(step, idx, data)
+                    step += 1
+                    synchronize(d.device)
+                    self.record(loss, stats, idx, time.perf_counter() - t0)
+                    self.bar.update(1)
+                    if step % self.eval_every == 0 or step == self.total:
+                        stop = self.evaluate(step, stats)
+                    if self.out is not None and d.main and (step % self.ckpt_every == 0 or step == self.total or stop):
+                        self.state["step"] = step
+                        self.save_checkpoint()
+                    if stop:
+                        break
             barrier(d)
         self.bar.close()
         self.state["step"] = step
@@ -717,6 +749,7 @@ def train(
     restore_best: bool = True,
     progress: bool = True,
     d: Dist | None = None,
+    prefetch: int | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``objective`` with the settings of ``cfg``; returns what happened.
 
@@ -724,8 +757,17 @@ def train(
     ``out_dir``: where ``checkpoint.pt`` and ``log.jsonl`` go (``None``: no checkpoints); with ``resume`` a
     checkpoint there is continued. ``restore_best``: leave the model with the weights of its best evaluation
     (else the final ones). Under ``torchrun`` the model is wrapped in DDP; only rank 0 evaluates.
+    ``prefetch``: batches a background thread reads ahead for objectives with a ``fetch`` (what DataLoader
+    workers do; the results are the same with any value); None: 2 on CUDA, where the host work would otherwise
+    wait for the device, 0 on the CPU, where the thread would take a core from the step.
     """
-    trainer = Trainer(model, objective, cfg, modules, out_dir, restore_best, progress, d or setup_distributed())
+    d = d or setup_distributed()
+    if prefetch is None:
+        prefetch = 2 if d.device.type == "cuda" else 0
+    if prefetch < 0:
+        raise ConfigError(f"prefetch must be >= 0, got {prefetch}", "prefetch")
+    trainer = Trainer(model, objective, cfg, modules, out_dir, restore_best, progress, d)
+    trainer.prefetch = prefetch
     try:
         if not (resume and trainer.resume()):
             trainer.start_fresh()

@@ -128,8 +128,12 @@ class MLMObjective(engine.Objective):
         self.train, self.val, self.tok, self.cfg, self.device = train, val, tokenizer, cfg, device
         self.lengths = train.lengths
 
-    def loss(self, model, idx, g):
-        ids, mask = self.train.batch(idx)
+    def fetch(self, idx):
+        """The batch's ids and mask (read from memory or the token shards): what the engine may read ahead."""
+        return self.train.batch(idx)
+
+    def loss(self, model, idx, g, data=None):
+        ids, mask = self.fetch(idx) if data is None else data
         inputs, labels = mask_tokens(ids, mask, self.tok, self.cfg.mlm_probability, g)
         loss, correct, count = model(inputs.to(self.device), mask.to(self.device), labels.to(self.device))
         return loss, {"rows": len(idx), "tokens": int(mask.sum()), "correct": int(correct), "count": int(count)}
@@ -167,8 +171,10 @@ def pretrain(
     resume: bool = False,
     tokenizer=None,
     progress: bool = True,
+    prefetch: int | None = None,
 ) -> dict:
-    """Pre-train a CLOUD encoder on SCOPE ``strings``; returns the final summary (also in ``out_dir``)."""
+    """Pre-train a CLOUD encoder on SCOPE ``strings``; returns the final summary (also in ``out_dir``).
+    ``prefetch``: batches read ahead by a background thread (:func:`cloudlib.engine.train`; None: on CUDA only)."""
     from .tokenizer import make_tokenizer
 
     d = engine.setup_distributed()
@@ -181,7 +187,7 @@ def pretrain(
             held = set(val_s)
             train_s = [s for s in expand_variants(train_s, cfg.augment, cfg.seed)[0] if s not in held]
         train, val = engine.encode(tok, train_s), engine.encode(tok, val_s)
-        return _pretrain(train, val, tok, cfg, Path(out_dir), resume, progress, d)
+        return _pretrain(train, val, tok, cfg, Path(out_dir), resume, progress, d, prefetch=prefetch)
 
 
 def pretrain_shards(
@@ -191,6 +197,7 @@ def pretrain_shards(
     resume: bool = False,
     tokenizer=None,
     progress: bool = True,
+    prefetch: int | None = None,
 ) -> dict:
     """Pre-train on a tokenized corpus streamed from disk (:class:`cloudlib.token_shards.TokenShards`): batches
     are read from the memory-mapped shards as the engine asks for them (each DDP rank its own), so memory does
@@ -220,10 +227,13 @@ def pretrain_shards(
             progress,
             d,
             {"corpus": str(shards.folder), "corpus_strings": len(shards)},
+            prefetch=prefetch,
         )
 
 
-def _pretrain(train, val, tok, cfg: PretrainConfig, out: Path, resume: bool, progress: bool, d, extra=None) -> dict:
+def _pretrain(
+    train, val, tok, cfg: PretrainConfig, out: Path, resume: bool, progress: bool, d, extra=None, prefetch=None
+) -> dict:
     """The pre-training run of :func:`pretrain` and :func:`pretrain_shards` on encoded rows."""
     out.mkdir(parents=True, exist_ok=True)
     mlm = cloud_model.build_mlm(cloud_model.preset(cfg.model).replace(dropout=cfg.dropout), tok, seed=cfg.seed)
@@ -247,7 +257,9 @@ def _pretrain(train, val, tok, cfg: PretrainConfig, out: Path, resume: bool, pro
                 "peak_rss_mb_before_training": engine.peak_rss_mb(),
             },
         )
-    result = engine.train(net, objective, cfg, out_dir=out, resume=resume, restore_best=False, progress=progress, d=d)
+    result = engine.train(
+        net, objective, cfg, out_dir=out, resume=resume, restore_best=False, progress=progress, d=d, prefetch=prefetch
+    )
     log = result.history.to_dict(orient="records")
     summary = {
         "steps": result.steps,
@@ -271,6 +283,7 @@ def pretrain_preset(
     progress: bool = True,
     jobs: int = 1,
     corpus: str | os.PathLike | None = None,
+    prefetch: int | None = None,
 ) -> dict:
     """Pre-train with a preset on the offline corpus (:func:`cloudlib.corpus.load_pretraining_corpus`, in memory) or,
     with ``corpus``, on any corpus file or folder (the authors' CSV, CSV / Parquet shards, a harvest folder, a
@@ -281,9 +294,9 @@ def pretrain_preset(
     cfg = preset("pretrain", name, **(overrides or {}))
     if corpus is not None:
         shards = corpus_shards(corpus, out_dir, reuse=resume)
-        return pretrain_shards(shards, cfg, out_dir, resume=resume, progress=progress)
+        return pretrain_shards(shards, cfg, out_dir, resume=resume, progress=progress, prefetch=prefetch)
     table, _ = load_pretraining_corpus(limit=cfg.corpus_limit, jobs=jobs, progress=False, holdout=cfg.holdout)
-    return pretrain(list(table.index), cfg, out_dir, resume=resume, progress=progress)
+    return pretrain(list(table.index), cfg, out_dir, resume=resume, progress=progress, prefetch=prefetch)
 
 
 def corpus_shards(corpus: str | os.PathLike, out_dir: str | os.PathLike, tokenizer=None, reuse: bool = False):

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -373,7 +374,8 @@ def corpus_csv(tmp_path_factory, strings) -> Path:
 
 def test_streamed_corpus_crashed_then_resumed_matches_uninterrupted(corpus_csv, tmp_path, monkeypatch):
     """``pretrain --corpus``: tokenized once into OUT/token_shards and streamed; a run that dies after a checkpoint
-    and is resumed ends with the same losses as one that was not interrupted, and the resume rebuilds no shard."""
+    and is resumed (with a read-ahead thread) ends with the same losses as one that was not interrupted, and the
+    resume rebuilds no shard; with prefetch the batches are read off the main thread, to the same losses."""
     from cloudlib import pretrain as pt
     from cloudlib import token_shards
     from cloudlib.errors import ConfigError
@@ -401,11 +403,31 @@ def test_streamed_corpus_crashed_then_resumed_matches_uninterrupted(corpus_csv, 
     monkeypatch.setattr(pt.MLMObjective, "loss", real_loss)
     assert torch.load(out / "checkpoint.pt", weights_only=False)["state"]["step"] == 4
     built = {f.name: f.stat().st_mtime_ns for f in (out / "token_shards").iterdir()}
-    resumed = pt.pretrain_preset("smoke", out, resume=True, overrides=overrides, progress=False, corpus=corpus_csv)
+    # resumed with a read-ahead thread the crashed run did not have (same results)
+    resumed = pt.pretrain_preset(
+        "smoke", out, resume=True, overrides=overrides, progress=False, corpus=corpus_csv, prefetch=2
+    )
     assert {f.name: f.stat().st_mtime_ns for f in (out / "token_shards").iterdir()} == built
     assert resumed["steps"] == reference["steps"] == 8
     for key in ("train_loss", "val_loss", "val_acc", "grad_norm"):
         assert resumed["final"][key] == pytest.approx(reference["final"][key], rel=1e-6, abs=1e-7), key
+    # read ahead by a background thread (prefetch): the same run to the bit, the batches read off the main thread;
+    # the read-ahead does not define a run: a run checkpointed without it resumes with it
+    real_fetch, threads = pt.MLMObjective.fetch, set()
+
+    def fetch(self, idx):
+        threads.add(threading.current_thread().name)
+        return real_fetch(self, idx)
+
+    monkeypatch.setattr(pt.MLMObjective, "fetch", fetch)
+    ahead = pt.pretrain_preset(
+        "smoke", tmp_path / "p", overrides=overrides, progress=False, corpus=corpus_csv, prefetch=2
+    )
+    assert threads and all(name.startswith("prefetch") for name in threads), threads
+    for key in ("train_loss", "val_loss", "val_acc", "grad_norm"):
+        assert ahead["final"][key] == reference["final"][key], key
+    assert not [t for t in threading.enumerate() if t.name.startswith("prefetch")]  # stopped with the run
+    monkeypatch.setattr(pt.MLMObjective, "fetch", real_fetch)
     # a shard folder is a corpus too; augment needs the strings
     again = pt.pretrain_preset(
         "smoke", tmp_path / "c", overrides=overrides, progress=False, corpus=tmp_path / "a" / "token_shards"
