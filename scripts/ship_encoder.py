@@ -23,7 +23,7 @@ import torch
 
 from cloudlib import model as cloud_model
 from cloudlib import paths
-from cloudlib.config import PretrainConfig, from_dict
+from cloudlib.config import PretrainConfig, from_dict, preset
 from cloudlib.corpus import load_pretraining_corpus, shipped_corpus_dir
 from cloudlib.io import write_csv
 from cloudlib.registry import sha256_file
@@ -57,6 +57,8 @@ def main() -> None:
     log = pd.read_json(run / "log.jsonl", lines=True)
     corpus, table = load_pretraining_corpus(limit=cfg.corpus_limit, progress=False, holdout=cfg.holdout)
     final = log.dropna(subset=["val_loss"]).iloc[-1]
+    base = preset("pretrain", args.preset).to_dict()
+    sets = "".join(f" --set {k}={v}" for k, v in cfg.to_dict().items() if v != base.get(k) and k != "holdout")
     card = {
         "preset": args.preset,
         "config": cfg.to_dict(),
@@ -81,8 +83,8 @@ def main() -> None:
             "threads": cfg.threads,
             "python": platform.python_version(),
         },
-        "reproduce": f"python -m cloudlib pretrain --preset {args.preset} --out runs/cloud-long [--resume]; "
-        f"python scripts/ship_encoder.py runs/cloud-long",
+        "reproduce": f"python -m cloudlib pretrain --preset {args.preset}{sets} --out runs/{run.name} [--resume]; "
+        f"python scripts/ship_encoder.py runs/{run.name} --preset {args.preset} --dest {args.dest}",
         "log": "log.csv (one row per evaluation)",
     }
     if args.sizing:
