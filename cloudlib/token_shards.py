@@ -399,18 +399,25 @@ class _Store:
     def tokens(self) -> list[np.ndarray]:
         return [a["tokens"] for a in self.arrays]
 
-    def gather(self, kind: str, pos: np.ndarray) -> np.ndarray:
-        """``kind``'s values at global positions ``pos`` (any order), read from the shards' memory maps."""
+    def locate(self, pos: np.ndarray) -> list[tuple[int, np.ndarray | slice, np.ndarray]]:
+        """Global positions ``pos`` (any order) by shard: ``(shard, where in pos, positions in the shard)``."""
         pos = np.asarray(pos)
-        out = np.empty(len(pos), self.arrays[0][kind].dtype if self.arrays else np.int64)
         if len(self.arrays) == 1:
-            out[:] = self.arrays[0][kind][pos]
-            return out
+            return [(0, slice(None), pos)] if len(pos) else []
         shard = np.searchsorted(self.shard_rows, pos, side="right") - 1
+        groups = []
         for s in range(int(shard.min()), int(shard.max()) + 1) if len(pos) else ():
             sel = np.flatnonzero(shard == s)
             if len(sel):
-                out[sel] = self.arrays[s][kind][pos[sel] - self.shard_rows[s]]
+                groups.append((s, sel, pos[sel] - self.shard_rows[s]))
+        return groups
+
+    def gather(self, kind: str, pos: np.ndarray, groups=None) -> np.ndarray:
+        """``kind``'s values at global positions ``pos`` (any order), read from the shards' memory maps
+        (``groups``: ``locate(pos)`` when the caller has it)."""
+        out = np.empty(len(pos), self.arrays[0][kind].dtype if self.arrays else np.int64)
+        for s, sel, local in self.locate(pos) if groups is None else groups:
+            out[sel] = self.arrays[s][kind][local]
         return out
 
 
@@ -578,20 +585,19 @@ class TokenShards:
         id to the longest of them, as ``engine.encode(tokenizer, strings).batch(index)`` gives."""
         st = self._store
         pos = np.asarray(self._index)[np.asarray(index)].astype(np.int64)
-        lengths = st.gather("lengths", pos).astype(np.int64)
-        starts = st.gather("starts", pos).astype(np.int64)
+        groups = st.locate(pos)
+        lengths = st.gather("lengths", pos, groups).astype(np.int64)
+        starts = st.gather("starts", pos, groups).astype(np.int64)
         width = int(lengths.max()) if len(pos) else 0
         mask = np.arange(width) < lengths[:, None]
         ids = np.full((len(pos), width), st.pad_id, dtype=np.int64)
-        shard = np.searchsorted(st.shard_rows, pos, side="right") - 1
-        for s in np.unique(shard):
-            sel = np.flatnonzero(shard == s)
+        for s, sel, _ in groups:
             m = mask[sel]
             gather = (starts[sel][:, None] + np.arange(width))[m]
             part = ids[sel]
             part[m] = st.arrays[s]["tokens"][gather]
             ids[sel] = part
-        _release(st.arrays[s][k] for s in np.unique(shard) for k in ("tokens", "lengths", "starts"))
+        _release(st.arrays[s][k] for s, _, _ in groups for k in ("tokens", "lengths", "starts"))
         return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
     def split(self, val_fraction: float, seed: int = 0) -> tuple[TokenShards, TokenShards]:
