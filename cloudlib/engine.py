@@ -561,9 +561,10 @@ class Trainer:
         restore_best: bool,
         progress: bool,
         d: Dist,
+        prefetch: int = 0,
     ):
         self.objective, self.cfg, self.d, self.restore_best, self.progress = objective, cfg, d, restore_best, progress
-        self.prefetch = 0  # batches read ahead (train sets it)
+        self.prefetch = prefetch  # batches read ahead by _feed
         self.module = model.to(d.device)
         self.dropout = dropout_impl(d.device)
         use_dropout(self.module, self.dropout)
@@ -766,8 +767,7 @@ def train(
         prefetch = 2 if d.device.type == "cuda" else 0
     if prefetch < 0:
         raise ConfigError(f"prefetch must be >= 0, got {prefetch}", "prefetch")
-    trainer = Trainer(model, objective, cfg, modules, out_dir, restore_best, progress, d)
-    trainer.prefetch = prefetch
+    trainer = Trainer(model, objective, cfg, modules, out_dir, restore_best, progress, d, prefetch)
     try:
         if not (resume and trainer.resume()):
             trainer.start_fresh()
