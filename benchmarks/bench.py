@@ -303,20 +303,34 @@ def _interleaved(setups: dict, batches: list, warmup: int, repeats: int, peak_si
     return total, stats, peak, peak_bf16
 
 
-def _levers(precisions, device, levers: bool) -> dict[str, tuple[str, str, bool]]:
-    """Setup name -> (precision, dropout implementation, fused AdamW): the engine as it is in each precision,
-    and, on a CPU with ``levers``, in the last precision the engine before issue 24 (torch dropout, foreach
-    AdamW) and each lever alone."""
+def _levers(precisions, device, levers: bool) -> dict[str, tuple[str, str, bool, bool]]:
+    """Setup name -> (precision, dropout implementation, fused AdamW, encoder dropout 0): the engine as it is in each
+    precision, and, on a CPU with ``levers``, in the last precision the engine before issue 24 (torch dropout,
+    foreach AdamW), each lever alone, and the engine with no dropout in the encoder (the fast path: a modelling
+    choice, judged on validation rows, see data/recipe/README.md)."""
     from cloudlib import engine
 
     engine_dropout, engine_fused = engine.dropout_impl(device), device.type == "cuda" or engine.CPU_FUSED_ADAMW
-    variants = {f"cloudlib {p}": (p, engine_dropout, engine_fused) for p in precisions}
+    variants = {f"cloudlib {p}": (p, engine_dropout, engine_fused, False) for p in precisions}
     if levers and device.type == "cpu":
         last = precisions[-1]
-        variants[f"cloudlib {last} before"] = (last, "torch", False)
-        variants[f"cloudlib {last} +fast dropout"] = (last, "fast", False)
-        variants[f"cloudlib {last} +fused AdamW"] = (last, "torch", True)
+        variants[f"cloudlib {last} before"] = (last, "torch", False, False)
+        variants[f"cloudlib {last} +fast dropout"] = (last, "fast", False, False)
+        variants[f"cloudlib {last} +fused AdamW"] = (last, "torch", True, False)
+        variants[f"cloudlib {last} dropout 0"] = (last, engine_dropout, engine_fused, True)
     return variants
+
+
+def _no_dropout(module):
+    """``module`` with every dropout layer at p = 0 (BERT's attention reads its probability from them), in place."""
+    import torch
+
+    from cloudlib import engine
+
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Dropout, engine.FastDropout)):
+            m.p = 0.0
+    return module
 
 
 def _lever_ratios(rate: dict, precisions) -> dict:
@@ -441,8 +455,8 @@ def bench_pretrain(
 
     variants = _levers(precisions, device, levers)
     cloud_steps, same_init = {}, True
-    for name, (prec, dropout, fused) in variants.items():
-        cloud_mlm = build("sdpa")
+    for name, (prec, dropout, fused, dropout0) in variants.items():
+        cloud_mlm = _no_dropout(build("sdpa")) if dropout0 else build("sdpa")
         same_init &= all(a.equal(b) for a, b in zip(authors_mlm.state_dict().values(), cloud_mlm.state_dict().values()))
         pcfg = cfg.replace(precision=prec)
         net = engine.use_dropout(MaskedLMLoss(cloud_mlm).train(), dropout)
@@ -499,7 +513,8 @@ def bench_pretrain(
 
     setups = {"authors": authors_step, **{name: cloudlib_step(name) for name in variants}}
     total, stats, peak, peak_bf16 = _interleaved(setups, batches, warmup, repeats, peak_sizes, peak_reps, device)
-    profiled = [n for n in (f"cloudlib {precisions[-1]} before", f"cloudlib {precisions[-1]}") if n in setups]
+    last = precisions[-1]
+    profiled = [n for n in (f"cloudlib {last} before", f"cloudlib {last}", f"cloudlib {last} dropout 0") if n in setups]
     profiles = _profile(setups, profiled, batches, profile) if profile else {}
 
     first = f"cloudlib {precisions[0]}"
@@ -532,7 +547,10 @@ def bench_pretrain(
         "precision": {
             "authors": authors_precision,
             "cloudlib": list(precisions),
-            "setups": {k: {"precision": v[0], "dropout": v[1], "fused_adamw": v[2]} for k, v in variants.items()},
+            "setups": {
+                k: {"precision": v[0], "dropout": v[1], "fused_adamw": v[2], "dropout_0": v[3]}
+                for k, v in variants.items()
+            },
             "auto resolves to": engine.resolve_precision("auto", device),
         },
         "batch_size": batch_size,
@@ -641,10 +659,12 @@ def bench_finetune(
             loss = torch.nn.functional.l1_loss(out, self.y_train[idx].to(self.device))
             return loss, {"rows": len(idx), "tokens": int(mask.sum()), "padded": int(ids.numel())}
 
-    variants = {"authors' shapes": ("fp32", "torch", False), **_levers(precisions, device, levers)}
+    variants = {"authors' shapes": ("fp32", "torch", False, False), **_levers(precisions, device, levers)}
     steppers, parity, nets = {}, {}, {}
-    for name, (prec, dropout, fused) in variants.items():
+    for name, (prec, dropout, fused, dropout0) in variants.items():
         encoder, _ = cloud_model.build_encoder(model, False, seed)
+        if dropout0:  # the encoder's dropout (what one pre-trained without dropout carries); the head keeps its own
+            _no_dropout(encoder)
         torch.manual_seed(seed + 1)
         net = engine.use_dropout(cloud_model.CloudPredictor(encoder, cfg.dropout).to(device).train(), dropout)
         pcfg = cfg.replace(precision=prec)
@@ -675,7 +695,8 @@ def bench_finetune(
 
     setups = {name: step_fn(name) for name in variants}
     total, stats, peak, peak_bf16 = _interleaved(setups, batches, warmup, repeats, peak_sizes, peak_reps, device)
-    profiled = [n for n in (f"cloudlib {precisions[-1]} before", f"cloudlib {precisions[-1]}") if n in setups]
+    last = precisions[-1]
+    profiled = [n for n in (f"cloudlib {last} before", f"cloudlib {last}", f"cloudlib {last} dropout 0") if n in setups]
     profiles = _profile(setups, profiled, batches, profile) if profile else {}
     real = stats["authors' shapes"]["real"]
     n_non_emb = cloud_model.n_params(nets["authors' shapes"].encoder)
@@ -692,7 +713,9 @@ def bench_finetune(
         "warmup_steps": warmup,
         "repeats": repeats,
         "non_embedding_params": n_non_emb,
-        "setups": {k: {"precision": v[0], "dropout": v[1], "fused_adamw": v[2]} for k, v in variants.items()},
+        "setups": {
+            k: {"precision": v[0], "dropout": v[1], "fused_adamw": v[2], "dropout_0": v[3]} for k, v in variants.items()
+        },
         "mean_real_seq_len": round(real / (steps * batch_size), 2),
         "real_tokens_per_s": {k: round(v, 1) for k, v in rate.items()},
         "steps_per_s": {k: round(steps / min(v), 3) for k, v in total.items()},

@@ -1,14 +1,17 @@
-"""Issue 24: the engine's pre-training step against torch.compile modes and an all-bf16 model, in one run.
+"""Issue 24: the engine's pre-training step against torch.compile modes, no dropout and an all-bf16 model, one run.
 
-    python -m benchmarks.step_variants [engine compile-default compile-max-autotune-no-cudagraphs bf16-weights]
+    python -m benchmarks.step_variants [engine compile-default compile-max-autotune-no-cudagraphs bf16-weights
+        dropout0 dropout0-sdpa]
         [--steps 20] [--repeats 4] [--json FILE]
 
 Every variant is the engine's own step (:class:`cloudlib.engine.Stepper` on :class:`cloudlib.pretrain.MLMObjective`,
 bf16 autocast, fast CPU dropout, fused AdamW) on a 4 x 128 BERT from the same initial weights, batches of 128 of
 the authors' 10 k strings, 2 threads; variants take turns, repeat by repeat, and the median ms/step is compared with
 the first variant's. ``compile-MODE``: ``torch.compile(model, dynamic=True[, mode=MODE])`` (warm-up reported
-apart, untimed). ``bf16-weights``: the whole model cast to bf16 (no casts left for autocast to do): an upper bound
-for a bf16 residual stream with fp32 master weights, not a training recipe (no master weights here).
+apart, untimed). ``dropout0``: the same model with dropout 0 (hidden states and attention probabilities; the
+engine's attention in matrix products); ``dropout0-sdpa``: dropout 0 with SDPA's fused attention.
+``bf16-weights``: the whole model cast to bf16 (no casts left for autocast to do): an upper bound for a bf16
+residual stream with fp32 master weights, not a training recipe (no master weights here).
 """
 
 from __future__ import annotations
@@ -52,14 +55,19 @@ def main(argv: list[str] | None = None) -> int:
 
     def make(kind: str) -> engine.Stepper:
         torch.manual_seed(0)
-        net = engine.use_dropout(MaskedLMLoss(BertForMaskedLM(cm.bert_config(size, tok))).train(), "fast")
+        p = 0.0 if kind.startswith("dropout0") else size.dropout
+        net = engine.use_dropout(
+            MaskedLMLoss(BertForMaskedLM(cm.bert_config(size.replace(dropout=p), tok))).train(), "fast"
+        )
         model = net
+        if kind == "dropout0-sdpa":
+            engine.use_dropout(net, "torch")  # nothing to drop: attention is SDPA's fused kernel
         if kind.startswith("compile-"):
             mode = kind.split("-", 1)[1]
             model = torch.compile(net, dynamic=True, **({} if mode == "default" else {"mode": mode}))
         elif kind == "bf16-weights":
             net = model = net.to(torch.bfloat16)
-        elif kind != "engine":
+        elif kind not in ("engine", "dropout0", "dropout0-sdpa"):
             raise SystemExit(f"unknown variant {kind!r}")
         opt = engine.make_optimizer(engine.param_groups([(net, cfg.lr)], 0.01), d.device, True)
         obj = MLMObjective(data, data.rows([]), tok, cfg, d.device)

@@ -229,11 +229,14 @@ class FastDropout(nn.Module):
 
 
 def cloud_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """transformers' attention interface (registered as ``"cloud_sdpa"``): SDPA when nothing is dropped (as
-    ``"sdpa"``, to the bit), else softmax(Q K^T * scaling + mask) with :func:`fast_dropout`, times V."""
+    """transformers' attention interface (registered as ``"cloud_sdpa"``): in evaluation SDPA (as ``"sdpa"``, to
+    the bit), in training softmax(Q K^T * scaling + mask) with :func:`fast_dropout`, times V, also when nothing is
+    dropped (dropout 0): on a CPU with bf16 autocast SDPA's fused kernel made the shipped-size training step ~1.5x
+    slower than these matrix products (2 threads, Zen 4, 2026-12-07; ``python -m benchmarks.step_variants engine
+    dropout0 dropout0-explicit``)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if not dropout or not module.training:
+    if not module.training:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=scaling, **kwargs)
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling

@@ -29,11 +29,18 @@ def test_pretrain_bench_structure(scope_strings):
     precisions = ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
     assert r["precision"]["cloudlib"] == precisions and r["precision"]["authors"] == "fp32"
     last = precisions[-1]
-    levers = {f"cloudlib {last} before", f"cloudlib {last} +fast dropout", f"cloudlib {last} +fused AdamW"}
+    levers = {f"cloudlib {last} {k}" for k in ("before", "+fast dropout", "+fused AdamW", "dropout 0")}
     assert set(r["real_tokens_per_s"]) == {"authors", *(f"cloudlib {p}" for p in precisions), *levers}
     setups = r["precision"]["setups"]
-    assert setups[f"cloudlib {last} before"] == {"precision": last, "dropout": "torch", "fused_adamw": False}
+    assert setups[f"cloudlib {last} before"] == {
+        "precision": last,
+        "dropout": "torch",
+        "fused_adamw": False,
+        "dropout_0": False,
+    }
     assert setups[f"cloudlib {last}"]["dropout"] == "fast"  # the engine's default on a CPU
+    assert setups[f"cloudlib {last} dropout 0"] == {**setups[f"cloudlib {last}"], "dropout_0": True}
+    assert f"cloudlib {last} dropout 0 / before" in r["ratios"]
     assert {f"cloudlib {last} / before", f"cloudlib {last} +fast dropout / before"} <= set(r["ratios"])
     parity = r["fixed_batch_loss_by_precision"]  # the same weights and masked batch in each precision
     assert set(parity) == set(precisions) and all(
@@ -99,14 +106,39 @@ def test_finetune_bench_structure(scope_strings):
     from cloudlib.engine import cpu_has_bf16
 
     last = "bf16" if cpu_has_bf16() else "fp32"
-    assert r["setups"]["authors' shapes"] == {"precision": "fp32", "dropout": "torch", "fused_adamw": False}
-    assert {f"cloudlib {last} before", f"cloudlib {last} +fast dropout", f"cloudlib {last} +fused AdamW"} <= set(
-        r["setups"]
-    )
+    assert r["setups"]["authors' shapes"] == {
+        "precision": "fp32",
+        "dropout": "torch",
+        "fused_adamw": False,
+        "dropout_0": False,
+    }
+    levers = {f"cloudlib {last} {k}" for k in ("before", "+fast dropout", "+fused AdamW", "dropout 0")}
+    assert levers <= set(r["setups"]) and r["setups"][f"cloudlib {last} dropout 0"]["dropout_0"]
     losses = r["fixed_batch_loss"]
     assert abs(losses["authors' shapes"] - losses["cloudlib fp32"]) < 1e-4
     assert all(abs(v - losses["cloudlib fp32"]) < 0.02 * abs(losses["cloudlib fp32"]) for v in losses.values())
     assert all(v > 0 for v in r["steps_per_s"].values()) and f"cloudlib {last} / before" in r["ratios"]
+
+
+def test_no_dropout_sets_every_dropout_layer_of_bert_to_zero():
+    """The fast path's encoder: no dropout layer left active, attention's probability dropout included (BERT passes
+    its dropout layer's p to the attention function), so two training-mode passes agree."""
+    import torch
+    from transformers import BertModel
+
+    from cloudlib import engine
+    from cloudlib import model as cm
+    from cloudlib.tokenizer import make_tokenizer
+
+    torch.manual_seed(0)
+    bert = engine.use_dropout(BertModel(cm.bert_config(cm.preset("tiny"), make_tokenizer())), "fast").train()
+    ids = torch.randint(5, 60, (4, 10))
+    first, second = (bert(input_ids=ids).last_hidden_state for _ in range(2))
+    assert not torch.equal(first, second)  # dropout on: two passes differ
+    bench._no_dropout(bert)
+    assert all(m.p == 0.0 for m in bert.modules() if hasattr(m, "p"))
+    first, second = (bert(input_ids=ids).last_hidden_state for _ in range(2))
+    assert torch.equal(first, second)
 
 
 def test_gpu_check_script_runs_its_checks_on_the_cpu(tmp_path):

@@ -106,6 +106,35 @@ def test_attention_math_path_equals_sdpa_when_its_masks_keep_everything(monkeypa
     assert torch.allclose(got[real], expected[real], atol=1e-5)
 
 
+def test_training_without_dropout_takes_the_math_path_and_equals_sdpa(monkeypatch):
+    """Dropout 0 in training: the fast attention still computes softmax(QK^T + mask) V itself (SDPA is never
+    called) and agrees with SDPA; in evaluation it is SDPA."""
+    from transformers.integrations import sdpa_attention
+
+    ids, mask = _batch()
+    ref = _tiny_bert().train()
+    for m in ref.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    ref.config.attention_probs_dropout_prob = 0.0
+    expected = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+    fast = _tiny_bert().train()
+    for m in fast.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    fast.config.attention_probs_dropout_prob = 0.0
+    engine.use_dropout(fast, "fast")
+    calls = []
+    real_sdpa = sdpa_attention.sdpa_attention_forward
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", lambda *a, **k: calls.append(1) or real_sdpa(*a, **k))
+    got = fast(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert calls == []
+    real = mask.bool()
+    assert torch.allclose(got[real], expected[real], atol=1e-5)
+    fast.eval()(input_ids=ids, attention_mask=mask)
+    assert len(calls) == fast.config.num_hidden_layers
+
+
 def test_training_with_fast_dropout_is_seeded_and_learns():
     ids, mask = _batch()
     outs = []
