@@ -43,7 +43,7 @@ from .debye import dulong_petit
 from .errors import ConfigError, InvalidTargetError
 from .evaluation import mae, regression_metrics
 from .finetune import SEED_STREAM, epochs_of, train_head, train_val_indices
-from .model import CloudDebye, CurveRegressor, build_encoder
+from .model import CloudDebye, CurveRegressor, build_encoder, encoder_fingerprint
 from .scope import expand_variants, group_mean
 
 
@@ -612,6 +612,8 @@ class Ensemble:
     calibration: dict = field(default_factory=dict)
     card: dict = field(default_factory=dict)
     kind: str = "debye"
+    #: :func:`~cloudlib.model.encoder_fingerprint` of the encoder the members were trained from (None: unknown)
+    encoder: dict | None = None
 
     @property
     def tokenizer(self):
@@ -724,7 +726,7 @@ def fit_ensemble(
         members.append(
             fit_debye([strings[j] for j in keep], cv[keep], n[keep], cfg.replace(seed=cfg.seed + i), T, "log", progress)
         )
-    ens = Ensemble(members, 1.0, level)
+    ens = Ensemble(members, 1.0, level, encoder=encoder_fingerprint(cfg.encoder, cfg.pretrained))
     cal_strings = [strings[j] for j in calib]
     info = {"rows": int(len(calib)), "members": k, "level": level}
     if len(calib):
@@ -759,6 +761,7 @@ def save_ensemble(ens: Ensemble, folder: str | os.PathLike, card: dict | None = 
             "scale": ens.scale,
             "calibration": ens.calibration,
             "card": card or ens.card,
+            "encoder": ens.encoder,
         }
         (tmp / "ensemble.json").write_text(json.dumps(meta, indent=2) + "\n")
         (tmp / "debye.json").write_text(json.dumps({"kind": "cloud-debye-ensemble", "see": "ensemble.json"}) + "\n")
@@ -784,4 +787,6 @@ def load_ensemble(folder: str | os.PathLike, device: str | torch.device | None =
     if not names:
         raise ModelError("ensemble.json lists no members", str(folder))
     members = [load_debye(folder / name, device) for name in names]
-    return Ensemble(members, scale, level, meta.get("calibration", {}), meta.get("card", {}))
+    return Ensemble(
+        members, scale, level, meta.get("calibration", {}), meta.get("card", {}), encoder=meta.get("encoder")
+    )

@@ -242,10 +242,13 @@ class EnsembleRun:
 
 def reusable_ensemble(folder, train: pd.DataFrame, cfg: FinetuneConfig, k: int, level: float) -> str:
     """Why the saved ensemble in ``folder`` cannot stand in for training one now ("" when it can): it must
-    exist, have ``k`` members whose configs are ``cfg`` with seeds ``cfg.seed + i``, the same ``level``, and a
-    card that records the same number of training rows."""
+    exist, have ``k`` members whose configs are ``cfg`` with seeds ``cfg.seed + i``, the same ``level``, a
+    card that records the same number of training rows, and have been trained from this encoder by content
+    (:func:`~cloudlib.model.encoder_fingerprint`: a re-made encoder at the same path does not count)."""
     import json
     from pathlib import Path
+
+    from .model import encoder_fingerprint
 
     folder = Path(folder)
     try:
@@ -262,6 +265,10 @@ def reusable_ensemble(folder, train: pd.DataFrame, cfg: FinetuneConfig, k: int, 
     for i, saved in enumerate(members):
         if saved != cfg.replace(seed=cfg.seed + i).to_dict():
             return f"member {i} was trained with another config"
+    if "encoder" not in meta:
+        return "ensemble.json does not record the encoder it was trained from"
+    if meta["encoder"] != encoder_fingerprint(cfg.encoder, cfg.pretrained):
+        return f"it was trained from another encoder than the one now at {cfg.encoder} (config or weights differ)"
     return ""
 
 

@@ -378,6 +378,16 @@ def offline_task_table(task: str, jobs: int = 1, limit: int | None = None) -> pd
     return out
 
 
+def offline_settings(config: FinetuneConfig, limit: int | None = None, seed: int = 0) -> dict:
+    """What a multi-task part depends on, the settings :func:`run_offline` makes and finds its parts with: the
+    resolved config, the row limit, the seed, and the encoder by content (a re-made encoder at the same path must
+    not reuse the parts of the old one: :func:`cloudlib.model.encoder_fingerprint`)."""
+    from .model import encoder_fingerprint
+
+    fingerprint = encoder_fingerprint(config.encoder, config.pretrained)
+    return {"config": config.to_dict(), "limit": limit, "seed": seed, "encoder": fingerprint}
+
+
 def run_offline(
     tasks=None,
     config: FinetuneConfig | None = None,
@@ -395,7 +405,8 @@ def run_offline(
     ``models``, each on its folds (official, official-partial or seeded 5-fold; each task keeps its label).
 
     Resumable: every (task, model, fold) is written to ``out_dir/parts/`` when done and skipped on a rerun
-    with the same settings (the laptop parts are committed, so the table can be made over several sittings).
+    with the same settings (the config, rows, seed and the encoder's :func:`~cloudlib.model.encoder_fingerprint`;
+    the laptop parts are committed, so the table can be made over several sittings).
     ``fit_missing=False`` trains nothing and writes the table from the finished parts alone; the fits still missing
     are listed in the record's ``metadata.missing`` (``metadata.complete`` is False) and in the returned
     table's ``attrs["missing"]``. Writes ``offline_<name>_folds.csv`` (task, model, fold, folds label, n_train,
@@ -419,7 +430,7 @@ def run_offline(
         raise KeyError(f"unknown offline tasks {sorted(unknown)}; known: {sorted(OFFLINE_TASKS)}")
     check_models(models)
     out = paths.resolve(out_dir)
-    store = FitStore(out / "parts" / name, {"config": config.to_dict(), "limit": limit, "seed": seed})
+    store = FitStore(out / "parts" / name, offline_settings(config, limit, seed))
     specs = []
     for task in tasks:
         spec = OFFLINE_TASKS[task]

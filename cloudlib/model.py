@@ -220,6 +220,26 @@ def encoder_kind(encoder: str) -> str:
     )
 
 
+#: The files that make a model folder's encoder what it is (its config, with the dropout it trains with, and weights).
+_IDENTITY_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
+
+
+def encoder_fingerprint(encoder: str, pretrained: bool = True) -> dict[str, str] | None:
+    """What a fit on ``encoder`` starts from, by content: ``{file: sha256}`` of a model folder's ``config.json`` and
+    weights (``ckpt/`` in the authors' layout), so that saved fits and ensembles can tell a re-made encoder from
+    the one they were trained from even when its path is the same. None when nothing is read from a folder (a size
+    preset, a Hugging Face id, or ``pretrained=False``)."""
+    from .paths import resolve
+    from .registry import sha256_file
+
+    if not pretrained or encoder_kind(encoder) != "folder":
+        return None
+    folder = resolve(encoder)
+    if not (folder / "config.json").is_file():
+        folder = folder / "ckpt"
+    return {name: sha256_file(folder / name) for name in _IDENTITY_FILES if (folder / name).is_file()}
+
+
 def build_encoder(encoder: str, pretrained: bool = True, seed: int = 0):
     """(BertModel without pooler, tokenizer) for fine-tuning.
 

@@ -6,6 +6,7 @@ epoch by validation MAE of Cv(300 K). Only ``val_mae`` is printed and written: t
 
     python scripts/debye_probe.py NAME [--set key=value ...] [--out data/debye_recipe]
     python scripts/debye_probe.py NAME --members K [--save FOLDER]
+    python scripts/debye_probe.py NAME ... --encoder-dropout 0     # the encoder's dropout layers at p = 0
 
 Writes ``OUT/NAME.json``: overrides, resolved config, per-epoch validation MAE, best epoch and seconds. With
 ``--members K`` it fits the ensemble of K (:func:`cloudlib.cloud_debye.fit_ensemble`, as notebook 05 does) and
@@ -33,6 +34,21 @@ from cloudlib.registry import fetch
 from cloudlib.study import machine
 
 
+def _set_encoder_dropout(p: float) -> None:
+    """Make the CLOUD-DEBYE fits load their encoder with every dropout layer at ``p`` (BERT's attention reads its
+    probability from its dropout layer): what an encoder whose config says ``p`` would train with."""
+    load = cloud_debye.build_encoder
+
+    def build(*a, **k):
+        encoder, tok = load(*a, **k)
+        for m in encoder.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = p
+        return encoder, tok
+
+    cloud_debye.build_encoder = build
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("name")
@@ -40,7 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="data/debye_recipe")
     ap.add_argument("--members", type=int, default=0, help="fit an ensemble of this many members instead")
     ap.add_argument("--save", default="", help="with --members: save the ensemble to this folder")
+    ap.add_argument(
+        "--encoder-dropout",
+        type=float,
+        default=None,
+        help="set every dropout layer of the encoder to this p after loading it (the head keeps cfg.dropout)",
+    )
     args = ap.parse_args(argv)
+    if args.encoder_dropout is not None:
+        _set_encoder_dropout(args.encoder_dropout)
     overrides = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in args.set)}
     cfg = preset("debye", "laptop", **overrides)
     cpu = torch.device("cpu")
@@ -68,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         shown = ("name", "overrides", "val_mae", "best_epoch", "seconds")
     out["seconds"] = round(time.perf_counter() - t0, 1)
     out["engine"] = {"cpu_dropout": engine.CPU_DROPOUT, "precision": engine.resolve_precision(cfg.precision, cpu)}
+    out["encoder_dropout"] = args.encoder_dropout
     out["machine"] = machine()
     write_json(Path(args.out) / f"{args.name}.json", out)
     print(json.dumps({k: out[k] for k in shown}))

@@ -291,6 +291,7 @@ def ensemble(tmp_path_factory, cv_data):
     ens = cd.fit_ensemble(train["cloud"], train["cv"], train["n_atoms"], cfg, k=3, progress=False)
     folder = tmp_path_factory.mktemp("ens") / "cloud-debye-ensemble"
     cd.save_ensemble(ens, folder, card={"note": "test"})
+    assert ens.encoder is None  # a random tiny encoder: nothing read from a folder
     return ens, folder
 
 
@@ -474,3 +475,58 @@ def test_shipped_ensemble_serves_the_laptop_main_job_without_training():
     assert "rows" in ds.reusable_ensemble(folder, train.head(100), cfg, 5, 0.9)
     assert "members" in ds.reusable_ensemble(folder, train, cfg, 3, 0.9)
     assert "no readable" in ds.reusable_ensemble(root / "models" / "cloud-laptop", train, cfg, 5, 0.9)
+
+
+def test_a_saved_ensemble_counts_only_for_the_encoder_it_was_trained_from(tmp_path, monkeypatch):
+    """The shipped ensemble records its encoder by content; an encoder re-made at the same path (other weights or
+    config) makes notebook 05 train again, and an ensemble.json that does not say what it was trained from is not
+    reused."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from cloudlib import debye_studies as ds
+    from cloudlib import model as cm
+    from cloudlib.io import write_manifest
+
+    root = Path(__file__).resolve().parent.parent
+    folder = root / "models" / "cloud-debye-laptop"
+    cfg = preset("debye", "laptop", seed=0)
+    train = pd.read_csv(need("cloud/cloud_cv_train_and_val.csv"))
+    assert json.loads((folder / "ensemble.json").read_text())["encoder"] == cm.encoder_fingerprint(cfg.encoder)
+    assert ds.reusable_ensemble(folder, train, cfg, 5, 0.9) == ""
+    assert cd.load_ensemble(folder).encoder == cm.encoder_fingerprint(cfg.encoder)  # kept through load (and re-save)
+    real = cm.encoder_fingerprint
+    other = lambda enc, pretrained=True: {**real(enc, pretrained), "model.safetensors": "0" * 64}  # noqa: E731
+    monkeypatch.setattr(cm, "encoder_fingerprint", other)
+    assert "another encoder" in ds.reusable_ensemble(folder, train, cfg, 5, 0.9)
+    monkeypatch.setattr(cm, "encoder_fingerprint", real)
+    copy = tmp_path / "ens"
+    shutil.copytree(folder, copy)
+    meta = json.loads((copy / "ensemble.json").read_text())
+    del meta["encoder"]
+    (copy / "ensemble.json").write_text(json.dumps(meta))
+    write_manifest(copy)
+    assert "does not record the encoder" in ds.reusable_ensemble(copy, train, cfg, 5, 0.9)
+
+
+def test_encoder_fingerprint_is_the_content_of_config_and_weights(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from cloudlib import model as cm
+
+    shipped = Path(__file__).resolve().parent.parent / "models" / "cloud-laptop"
+    fp = cm.encoder_fingerprint(str(shipped))
+    assert set(fp) == {"config.json", "model.safetensors"} and all(len(v) == 64 for v in fp.values())
+    copy = tmp_path / "enc"
+    shutil.copytree(shipped, copy)
+    assert cm.encoder_fingerprint(str(copy)) == fp  # by content, not by path
+    config = (copy / "config.json").read_text()
+    (copy / "config.json").write_text(config.replace('"hidden_dropout_prob": 0.1', '"hidden_dropout_prob": 0.0'))
+    assert cm.encoder_fingerprint(str(copy))["config.json"] != fp["config.json"]
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    assert cm.encoder_fingerprint(str(copy))["model.safetensors"] != fp["model.safetensors"]
+    assert cm.encoder_fingerprint("mini") is None and cm.encoder_fingerprint(str(shipped), pretrained=False) is None

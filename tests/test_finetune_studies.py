@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -227,3 +228,26 @@ def test_offline_multitask_table_labels_resume_and_record(tmp_path, monkeypatch)
     record = json.loads((tmp_path / "mt" / "offline_t.json").read_text())
     assert record["metadata"]["complete"] is False and len(record["metadata"]["missing"]) == 2
     assert "fold_0" not in record["tasks"]["jarvis_supercon_tc"]["Dummy"]
+
+
+def test_committed_multitask_parts_count_only_for_the_encoder_they_were_made_from(tmp_path, monkeypatch):
+    """The 136 committed parts were made from models/cloud-laptop as it is (their settings hold its fingerprint):
+    collected with the laptop preset they all count; with an encoder re-made at the same path none does, and
+    nothing is fitted in collect mode."""
+    import shutil
+
+    from cloudlib import model as cm
+    from cloudlib import study
+
+    root = Path(__file__).resolve().parent.parent
+    shutil.copytree(root / "data" / "multitask", tmp_path / "mt")
+    monkeypatch.setenv("CLOUD_HOME", str(tmp_path / "home"))
+    for m in study.FIT_FUNCTIONS:
+        monkeypatch.setitem(study.FIT_FUNCTIONS, m, lambda *a, **k: pytest.fail("fitted in collect mode"))
+    kw = dict(out_dir=tmp_path / "mt", fit_missing=False, progress=False)
+    table = need_call(fs.run_offline, **kw)
+    assert len(table) == 136 and table.attrs["missing"] == []
+    real = cm.encoder_fingerprint
+    monkeypatch.setattr(cm, "encoder_fingerprint", lambda e, p=True: {**real(e, p), "model.safetensors": "0" * 64})
+    stale = fs.run_offline(**kw)
+    assert len(stale) == 0 and len(stale.attrs["missing"]) == 136

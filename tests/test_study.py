@@ -122,7 +122,7 @@ def test_committed_parts_are_a_store_for_the_laptop_settings():
     rerun resumes them, never refits), and gives the committed table's numbers exactly."""
     folds = pd.read_csv(ROOT / "data" / "multitask" / "offline_laptop_folds.csv", float_precision="round_trip")
     assert len(folds) == 136
-    store = FitStore(PARTS, {"config": preset("finetune", "laptop").to_dict(), "limit": None, "seed": 0})
+    store = FitStore(PARTS, fs.offline_settings(preset("finetune", "laptop")))
     empty = pd.DataFrame({"scope": [], "target": []})
     for row in folds.itertuples():
         s = FitSpec(row.task, row.model, row.fold, empty, empty, preset("finetune", "laptop"))
