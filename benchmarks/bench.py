@@ -321,18 +321,6 @@ def _levers(precisions, device, levers: bool) -> dict[str, tuple[str, str, bool,
     return variants
 
 
-def _no_dropout(module):
-    """``module`` with every dropout layer at p = 0 (BERT's attention reads its probability from them), in place."""
-    import torch
-
-    from cloudlib import engine
-
-    for m in module.modules():
-        if isinstance(m, (torch.nn.Dropout, engine.FastDropout)):
-            m.p = 0.0
-    return module
-
-
 def _lever_ratios(rate: dict, precisions) -> dict:
     last, out = precisions[-1], {}
     before = f"cloudlib {last} before"
@@ -456,7 +444,7 @@ def bench_pretrain(
     variants = _levers(precisions, device, levers)
     cloud_steps, same_init = {}, True
     for name, (prec, dropout, fused, dropout0) in variants.items():
-        cloud_mlm = _no_dropout(build("sdpa")) if dropout0 else build("sdpa")
+        cloud_mlm = cloud_model.set_dropout(build("sdpa"), 0.0 if dropout0 else None)
         same_init &= all(a.equal(b) for a, b in zip(authors_mlm.state_dict().values(), cloud_mlm.state_dict().values()))
         pcfg = cfg.replace(precision=prec)
         net = engine.use_dropout(MaskedLMLoss(cloud_mlm).train(), dropout)
@@ -663,8 +651,8 @@ def bench_finetune(
     steppers, parity, nets = {}, {}, {}
     for name, (prec, dropout, fused, dropout0) in variants.items():
         encoder, _ = cloud_model.build_encoder(model, False, seed)
-        if dropout0:  # the encoder's dropout (what one pre-trained without dropout carries); the head keeps its own
-            _no_dropout(encoder)
+        if dropout0:  # the encoder's dropout (FinetuneConfig.encoder_dropout = 0); the head keeps its own
+            cloud_model.set_dropout(encoder, 0.0)
         torch.manual_seed(seed + 1)
         net = engine.use_dropout(cloud_model.CloudPredictor(encoder, cfg.dropout).to(device).train(), dropout)
         pcfg = cfg.replace(precision=prec)

@@ -297,7 +297,7 @@ def _prepare(strings: list[str], cfg: FinetuneConfig):
     """What every head starts from: the clock, the held-out rows and the encoder."""
     t0 = time.perf_counter()
     train_idx, val_idx = train_val_indices(len(strings), cfg)
-    encoder, tok = build_encoder(cfg.encoder, cfg.pretrained, cfg.seed)
+    encoder, tok = build_encoder(cfg.encoder, cfg.pretrained, cfg.seed, cfg.encoder_dropout)
     return t0, train_idx, val_idx, encoder, tok
 
 

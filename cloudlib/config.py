@@ -54,6 +54,11 @@ def check_precision(precision: str) -> str:
 class _Config:
     """Shared behaviour of the config dataclasses."""
 
+    #: Fields added after results and caches were committed, with the value that means "as before": ``to_dict``
+    #: leaves a field out while it has that value, so a config that does not use it has the same record (and the
+    #: same cache keys) as before the field existed, and :func:`from_dict` fills it in for records without it.
+    _ADDED: dict[str, Any] = {}  # noqa: RUF012 (a class attribute, not a field: no annotation in subclasses)
+
     def replace(self, **kw):
         """A copy with fields changed; an unknown field raises :class:`ConfigError` naming the known ones."""
         check_fields(type(self), kw)
@@ -61,7 +66,11 @@ class _Config:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON holds them (tuples as lists), so a saved config compares equal to the live one."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(self).items()
+            if not (k in self._ADDED and v == self._ADDED[k])
+        }
 
 
 def check_fields(cls, values: dict) -> None:
@@ -141,9 +150,17 @@ class FinetuneConfig(TrainConfig):
     eval_batch_size: int = 256
     augment: int = 1  # copies of each training row: its string + (augment - 1) equivalent orders (scope_variants)
     tta: int = 1  # validation and predictions: the mean over the string and (tta - 1) equivalent orders
+    encoder_dropout: float | None = None  # every dropout layer of the encoder at this p in training (attention's
+    # included); None: what the encoder's own config says (0.1 for models/cloud-laptop)
+
+    _ADDED = {"encoder_dropout": None}
 
     def __post_init__(self):
         super().__post_init__()
+        if self.encoder_dropout is not None and not 0.0 <= self.encoder_dropout < 1.0:
+            raise ConfigError(
+                f"encoder_dropout must be in [0, 1) or None, got {self.encoder_dropout}", "encoder_dropout"
+            )
         for name in ("augment", "tta"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}", name)

@@ -253,7 +253,7 @@ def fit(
     t0 = time.perf_counter()
     d = engine.setup_distributed()
     with engine.torch_threads(cfg.threads, d):
-        encoder, tok = build_encoder(cfg.encoder, cfg.pretrained, cfg.seed)
+        encoder, tok = build_encoder(cfg.encoder, cfg.pretrained, cfg.seed, cfg.encoder_dropout)
         data = engine.encode(tok, strings)  # BlockSizeError names the first string that is too long
         train_idx, val_idx = train_val_indices(len(strings), cfg)
         if cfg.task == "regression":

@@ -240,8 +240,11 @@ def encoder_fingerprint(encoder: str, pretrained: bool = True) -> dict[str, str]
     return {name: sha256_file(folder / name) for name in _IDENTITY_FILES if (folder / name).is_file()}
 
 
-def build_encoder(encoder: str, pretrained: bool = True, seed: int = 0):
+def build_encoder(encoder: str, pretrained: bool = True, seed: int = 0, dropout: float | None = None):
     """(BertModel without pooler, tokenizer) for fine-tuning.
+
+    ``dropout`` (None: the encoder's own config) sets every dropout layer of the encoder to that p, attention's
+    included (BERT passes its dropout layer's p to the attention function).
 
     ``encoder`` is a model folder (:func:`save` or the authors' layout, also as a ``ckpt`` subfolder), a Hugging
     Face repo id in the authors' layout (needs internet) or a size preset. With ``pretrained=False`` the folder's
@@ -273,12 +276,22 @@ def build_encoder(encoder: str, pretrained: bool = True, seed: int = 0):
         if pretrained:
             bert = mlm.bert
             bert.config._attn_implementation = "sdpa"
-            return bert, tok
+            return set_dropout(bert, dropout), tok
         config = mlm.config
         del mlm
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
-    return BertModel(config, add_pooling_layer=False), tok
+    return set_dropout(BertModel(config, add_pooling_layer=False), dropout), tok
+
+
+def set_dropout(module: nn.Module, p: float | None) -> nn.Module:
+    """``module`` with every dropout layer at ``p`` (None: unchanged), in place. BERT's attention reads its
+    probability from its dropout layer, so this covers attention too; the saved config is not changed."""
+    if p is not None:
+        for m in module.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = float(p)
+    return module
 
 
 # --------------------------------------------------------------------------- heads

@@ -34,21 +34,6 @@ from cloudlib.registry import fetch
 from cloudlib.study import machine
 
 
-def _set_encoder_dropout(p: float) -> None:
-    """Make the CLOUD-DEBYE fits load their encoder with every dropout layer at ``p`` (BERT's attention reads its
-    probability from its dropout layer): what an encoder whose config says ``p`` would train with."""
-    load = cloud_debye.build_encoder
-
-    def build(*a, **k):
-        encoder, tok = load(*a, **k)
-        for m in encoder.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = p
-        return encoder, tok
-
-    cloud_debye.build_encoder = build
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("name")
@@ -60,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         "--encoder-dropout",
         type=float,
         default=None,
-        help="set every dropout layer of the encoder to this p after loading it (the head keeps cfg.dropout)",
+        help="the same as --set encoder_dropout=P: every dropout layer of the encoder at P (the head keeps cfg.dropout)",
     )
     args = ap.parse_args(argv)
-    if args.encoder_dropout is not None:
-        _set_encoder_dropout(args.encoder_dropout)
     overrides = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in args.set)}
+    if args.encoder_dropout is not None:
+        overrides["encoder_dropout"] = args.encoder_dropout
     cfg = preset("debye", "laptop", **overrides)
     cpu = torch.device("cpu")
     train = pd.read_csv(fetch("cloud/cloud_cv_train_and_val.csv"))
@@ -92,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
         shown = ("name", "overrides", "val_mae", "best_epoch", "seconds")
     out["seconds"] = round(time.perf_counter() - t0, 1)
     out["engine"] = {"cpu_dropout": engine.CPU_DROPOUT, "precision": engine.resolve_precision(cfg.precision, cpu)}
-    out["encoder_dropout"] = args.encoder_dropout
     out["machine"] = machine()
     write_json(Path(args.out) / f"{args.name}.json", out)
     print(json.dumps({k: out[k] for k in shown}))

@@ -27,23 +27,6 @@ from cloudlib.io import write_json
 from cloudlib.registry import sha256_file
 
 
-def _set_encoder_dropout(p: float) -> None:
-    """Make ``finetune.fit`` load its encoder with every dropout layer at ``p`` (BERT's attention reads its
-    probability from its dropout layer): what an encoder whose config says ``p`` would train with."""
-    import torch
-
-    load = finetune.build_encoder
-
-    def build(*a, **k):
-        encoder, tok = load(*a, **k)
-        for m in encoder.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = p
-        return encoder, tok
-
-    finetune.build_encoder = build
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("name")
@@ -61,14 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         "--encoder-dropout",
         type=float,
         default=None,
-        help="set every dropout layer of the encoder to this p after loading it (the head keeps cfg.dropout)",
+        help="the same as --set encoder_dropout=P: every dropout layer of the encoder at P (the head keeps cfg.dropout)",
     )
     args = ap.parse_args(argv)
-    if args.encoder_dropout is not None:
-        _set_encoder_dropout(args.encoder_dropout)
     if args.engine == "before":
         engine.CPU_DROPOUT, engine.CPU_FUSED_ADAMW = "torch", False
     overrides = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in args.set)}
+    if args.encoder_dropout is not None:
+        overrides["encoder_dropout"] = args.encoder_dropout
     cfg = preset("finetune", args.preset, **overrides)
     df = matbench_data.load_paper_dielectric_scope()
     train, test = df[df["split"] == "train_and_val"], df[df["split"] == "test"]
@@ -93,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         "scores_by_tta": scores,
         "fit_seconds": round(seconds, 1),
         "engine": {"cpu_dropout": engine.CPU_DROPOUT, "cpu_fused_adamw": engine.CPU_FUSED_ADAMW},
-        "encoder_dropout": args.encoder_dropout,
         "command": " ".join(["python", *sys.argv]),
     }
     path = write_json(Path(args.out) / f"{args.name}.json", out, indent=1)

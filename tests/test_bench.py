@@ -120,9 +120,10 @@ def test_finetune_bench_structure(scope_strings):
     assert all(v > 0 for v in r["steps_per_s"].values()) and f"cloudlib {last} / before" in r["ratios"]
 
 
-def test_no_dropout_sets_every_dropout_layer_of_bert_to_zero():
-    """The fast path's encoder: no dropout layer left active, attention's probability dropout included (BERT passes
-    its dropout layer's p to the attention function), so two training-mode passes agree."""
+def test_set_dropout_zero_leaves_no_dropout_in_bert():
+    """The fast path's encoder (``FinetuneConfig.encoder_dropout = 0``, the benchmarks' ``dropout 0`` setups): set
+    before the engine swaps in its dropout, no layer drops anything, attention's probability dropout included
+    (BERT passes its dropout layer's p to the attention function), so two training-mode passes agree."""
     import torch
     from transformers import BertModel
 
@@ -130,15 +131,17 @@ def test_no_dropout_sets_every_dropout_layer_of_bert_to_zero():
     from cloudlib import model as cm
     from cloudlib.tokenizer import make_tokenizer
 
-    torch.manual_seed(0)
-    bert = engine.use_dropout(BertModel(cm.bert_config(cm.preset("tiny"), make_tokenizer())), "fast").train()
+    def bert(p):
+        torch.manual_seed(0)
+        net = cm.set_dropout(BertModel(cm.bert_config(cm.preset("tiny"), make_tokenizer())), p)
+        return engine.use_dropout(net, "fast").train()
+
     ids = torch.randint(5, 60, (4, 10))
-    first, second = (bert(input_ids=ids).last_hidden_state for _ in range(2))
-    assert not torch.equal(first, second)  # dropout on: two passes differ
-    bench._no_dropout(bert)
-    assert all(m.p == 0.0 for m in bert.modules() if hasattr(m, "p"))
-    first, second = (bert(input_ids=ids).last_hidden_state for _ in range(2))
-    assert torch.equal(first, second)
+    on = bert(None)
+    assert not torch.equal(on(input_ids=ids).last_hidden_state, on(input_ids=ids).last_hidden_state)
+    off = bert(0.0)
+    assert all(m.p == 0.0 for m in off.modules() if isinstance(m, engine.FastDropout))
+    assert torch.equal(off(input_ids=ids).last_hidden_state, off(input_ids=ids).last_hidden_state)
 
 
 def test_gpu_check_script_runs_its_checks_on_the_cpu(tmp_path):

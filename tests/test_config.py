@@ -59,6 +59,26 @@ def test_round_trip_and_the_curves_presets():
         assert dataclasses.replace(curves, epochs=debye.epochs) == debye and curves.epochs >= debye.epochs
 
 
+def test_a_field_added_later_is_recorded_only_when_used():
+    """FinetuneConfig.encoder_dropout came after results and caches were committed: left at None it is not in
+    to_dict (so every committed record, part and cache key still matches), used it is; records without it load
+    with None; bad values are named."""
+    base = config.preset("finetune", "laptop")
+    assert "encoder_dropout" not in base.to_dict() and base.encoder_dropout is None
+    used = base.replace(encoder_dropout=0.0)
+    assert used.to_dict()["encoder_dropout"] == 0.0 and used.to_dict() != base.to_dict()
+    assert config.from_dict(FinetuneConfig, base.to_dict()) == base
+    assert config.from_dict(FinetuneConfig, json.loads(json.dumps(used.to_dict()))) == used
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match="encoder_dropout"):
+            base.replace(encoder_dropout=bad)
+    # the committed multi-task parts and the shipped ensemble recorded their configs before the field existed
+    part = json.loads(next((ROOT / "data" / "multitask" / "parts" / "laptop").glob("*.json")).read_text())
+    assert json.loads(part["settings"])["config"] == base.to_dict()
+    member = json.loads((ROOT / "models" / "cloud-debye-laptop" / "member-0" / "debye.json").read_text())["config"]
+    assert member == config.preset("debye", "laptop").to_dict()
+
+
 def test_one_encoder_per_profile_everywhere():
     """The fine-tuning steps of a profile start from one encoder: the paper profile's from what its pre-training
     exports (params/paper.yaml), the laptop profile's from the shipped encoder, which notebook 02 never

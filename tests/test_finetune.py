@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import NACL, need_call
 from pymatgen.core import Element, Lattice, Structure
 from scipy.stats import spearmanr
@@ -81,6 +82,23 @@ def test_fit_is_deterministic(tiny, small):
     reseeded = fit(small["scope"], small["n"], TINY.replace(seed=1), progress=False)
     assert not np.array_equal(predict_strings(tiny, strings), predict_strings(reseeded, strings))
     assert not np.array_equal(reseeded.val_index, tiny.val_index)
+
+
+def test_encoder_dropout_zero_trains_the_encoder_without_dropout(tiny, small):
+    """``encoder_dropout=0`` (the fast path of issue 24): every dropout layer of the encoder is off in training, the
+    head keeps its own dropout, and the fit differs from one with the encoder's dropout (same seed, same rows)."""
+    from cloudlib import engine
+
+    off = fit(small["scope"], small["n"], TINY.replace(encoder_dropout=0.0), progress=False)
+    drops = [m.p for m in off.model.encoder.modules() if isinstance(m, (torch.nn.Dropout, engine.FastDropout))]
+    assert drops and all(p == 0.0 for p in drops)
+    head = [m.p for m in off.model.head.modules() if isinstance(m, (torch.nn.Dropout, engine.FastDropout))]
+    assert head == [TINY.dropout]
+    assert [m.p for m in tiny.model.encoder.modules() if isinstance(m, (torch.nn.Dropout, engine.FastDropout))] == [
+        0.1
+    ] * len(drops)
+    assert off.history["train_loss"].tolist() != tiny.history["train_loss"].tolist()
+    assert np.array_equal(off.val_index, tiny.val_index) and off.config.encoder_dropout == 0.0
 
 
 def test_short_pretrained_fit_learns(paper):
