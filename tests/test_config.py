@@ -64,19 +64,25 @@ def test_a_field_added_later_is_recorded_only_when_used():
     to_dict (so every committed record, part and cache key still matches), used it is; records without it load
     with None; bad values are named."""
     base = config.preset("finetune", "laptop")
-    assert "encoder_dropout" not in base.to_dict() and base.encoder_dropout is None
-    used = base.replace(encoder_dropout=0.0)
+    assert base.encoder_dropout == 0.0 and base.to_dict()["encoder_dropout"] == 0.0  # the laptop recipe uses it
+    assert "encoder_dropout" not in config.preset("debye", "laptop").to_dict()
+    used, base = base, base.replace(encoder_dropout=None)
+    assert "encoder_dropout" not in base.to_dict()
     assert used.to_dict()["encoder_dropout"] == 0.0 and used.to_dict() != base.to_dict()
     assert config.from_dict(FinetuneConfig, base.to_dict()) == base
     assert config.from_dict(FinetuneConfig, json.loads(json.dumps(used.to_dict()))) == used
     for bad in (1.0, -0.1):
         with pytest.raises(ConfigError, match="encoder_dropout"):
             base.replace(encoder_dropout=bad)
-    # the committed multi-task parts and the shipped ensemble recorded their configs before the field existed
+    # the committed multi-task parts and the shipped ensemble recorded their configs before the field existed: the
+    # parts hold the laptop recipe as it was (encoder dropout from the encoder), the ensemble the debye preset as is
     part = json.loads(next((ROOT / "data" / "multitask" / "parts" / "laptop").glob("*.json")).read_text())
-    assert json.loads(part["settings"])["config"] == base.to_dict()
+    made = json.loads(part["settings"])["config"]
+    assert made == base.replace(encoder_dropout=None).to_dict()
+    assert config.changed_fields(made, used) == {"encoder_dropout": (None, 0.0)}
     member = json.loads((ROOT / "models" / "cloud-debye-laptop" / "member-0" / "debye.json").read_text())["config"]
     assert member == config.preset("debye", "laptop").to_dict()
+    assert config.changed_fields(member, config.preset("debye", "laptop")) == {}
 
 
 def test_one_encoder_per_profile_everywhere():

@@ -244,7 +244,8 @@ def test_committed_multitask_parts_count_only_for_the_encoder_they_were_made_fro
     monkeypatch.setenv("CLOUD_HOME", str(tmp_path / "home"))
     for m in study.FIT_FUNCTIONS:
         monkeypatch.setitem(study.FIT_FUNCTIONS, m, lambda *a, **k: pytest.fail("fitted in collect mode"))
-    kw = dict(out_dir=tmp_path / "mt", fit_missing=False, progress=False)
+    made_with = preset("finetune", "laptop", encoder_dropout=None)  # the recipe of the committed parts
+    kw = dict(config=made_with, out_dir=tmp_path / "mt", fit_missing=False, progress=False)
     table = need_call(fs.run_offline, **kw)
     assert len(table) == 136 and table.attrs["missing"] == []
     real = cm.encoder_fingerprint
