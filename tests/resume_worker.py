@@ -1,6 +1,6 @@
 """A fit run in its own process for the kill-and-resume tests (tests/test_engine.py).
 
-    python tests/resume_worker.py {finetune,debye,curves} CHECKPOINT_DIR OUT.json [--die-at STEP]
+    python tests/resume_worker.py {finetune,finetune-do0,debye,curves} CHECKPOINT_DIR OUT.json [--die-at STEP]
 
 Fits a tiny random encoder on real rows with checkpoints in CHECKPOINT_DIR (resuming whatever is there) and
 writes the predictions and the history to OUT.json. ``--die-at STEP`` ends the process abruptly
@@ -45,6 +45,8 @@ cfg = FinetuneConfig(
     ckpt_every=5,
     threads=1,
 )
+if kind == "finetune-do0":  # the laptop recipe's fast path: no dropout in the encoder (attention in matrix products)
+    kind, cfg = "finetune", cfg.replace(encoder_dropout=0.0)
 if kind == "finetune":
     rows = load_paper_dielectric_scope().iloc[:400]
     res = fit(rows["scope"], rows["n"], cfg, progress=False, checkpoint_dir=ckpt, resume=True)

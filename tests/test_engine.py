@@ -35,7 +35,7 @@ def _worker(kind, ckpt, out, *extra):
     )
 
 
-@pytest.mark.parametrize("kind", ["finetune", "debye", "curves"])
+@pytest.mark.parametrize("kind", ["finetune", "finetune-do0", "debye", "curves"])
 def test_killed_then_resumed_equals_uninterrupted(kind, tmp_path):
     """The process dies abruptly at step 23 (mid-epoch 3; checkpoints every 5 steps, the last at 20); resumed,
     it ends with the same weights, predictions, best epoch and history as a run that was never stopped."""
