@@ -321,6 +321,18 @@ def _levers(precisions, device, levers: bool) -> dict[str, tuple[str, str, bool,
     return variants
 
 
+def _setup_table(variants: dict) -> dict:
+    """Each setup of :func:`_levers` as the result files record it."""
+    keys = ("precision", "dropout", "fused_adamw", "dropout_0")
+    return {name: dict(zip(keys, v)) for name, v in variants.items()}
+
+
+def _profiled(setups: dict, precisions) -> list[str]:
+    """The setups whose step is profiled: the engine before issue 24, as it is, and without dropout."""
+    last = precisions[-1]
+    return [n for n in (f"cloudlib {last} before", f"cloudlib {last}", f"cloudlib {last} dropout 0") if n in setups]
+
+
 def _lever_ratios(rate: dict, precisions) -> dict:
     last, out = precisions[-1], {}
     before = f"cloudlib {last} before"
@@ -501,9 +513,7 @@ def bench_pretrain(
 
     setups = {"authors": authors_step, **{name: cloudlib_step(name) for name in variants}}
     total, stats, peak, peak_bf16 = _interleaved(setups, batches, warmup, repeats, peak_sizes, peak_reps, device)
-    last = precisions[-1]
-    profiled = [n for n in (f"cloudlib {last} before", f"cloudlib {last}", f"cloudlib {last} dropout 0") if n in setups]
-    profiles = _profile(setups, profiled, batches, profile) if profile else {}
+    profiles = _profile(setups, _profiled(setups, precisions), batches, profile) if profile else {}
 
     first = f"cloudlib {precisions[0]}"
     real = stats[first]["real"]
@@ -535,10 +545,7 @@ def bench_pretrain(
         "precision": {
             "authors": authors_precision,
             "cloudlib": list(precisions),
-            "setups": {
-                k: {"precision": v[0], "dropout": v[1], "fused_adamw": v[2], "dropout_0": v[3]}
-                for k, v in variants.items()
-            },
+            "setups": _setup_table(variants),
             "auto resolves to": engine.resolve_precision("auto", device),
         },
         "batch_size": batch_size,
@@ -650,9 +657,8 @@ def bench_finetune(
     variants = {"authors' shapes": ("fp32", "torch", False, False), **_levers(precisions, device, levers)}
     steppers, parity, nets = {}, {}, {}
     for name, (prec, dropout, fused, dropout0) in variants.items():
-        encoder, _ = cloud_model.build_encoder(model, False, seed)
-        if dropout0:  # the encoder's dropout (FinetuneConfig.encoder_dropout = 0); the head keeps its own
-            cloud_model.set_dropout(encoder, 0.0)
+        # dropout 0: the encoder's (FinetuneConfig.encoder_dropout = 0); the head keeps its own
+        encoder, _ = cloud_model.build_encoder(model, False, seed, 0.0 if dropout0 else None)
         torch.manual_seed(seed + 1)
         net = engine.use_dropout(cloud_model.CloudPredictor(encoder, cfg.dropout).to(device).train(), dropout)
         pcfg = cfg.replace(precision=prec)
@@ -683,9 +689,7 @@ def bench_finetune(
 
     setups = {name: step_fn(name) for name in variants}
     total, stats, peak, peak_bf16 = _interleaved(setups, batches, warmup, repeats, peak_sizes, peak_reps, device)
-    last = precisions[-1]
-    profiled = [n for n in (f"cloudlib {last} before", f"cloudlib {last}", f"cloudlib {last} dropout 0") if n in setups]
-    profiles = _profile(setups, profiled, batches, profile) if profile else {}
+    profiles = _profile(setups, _profiled(setups, precisions), batches, profile) if profile else {}
     real = stats["authors' shapes"]["real"]
     n_non_emb = cloud_model.n_params(nets["authors' shapes"].encoder)
     flops = cloud_model.flops_per_token(size, n_non_emb, real / (steps * batch_size))
@@ -701,9 +705,7 @@ def bench_finetune(
         "warmup_steps": warmup,
         "repeats": repeats,
         "non_embedding_params": n_non_emb,
-        "setups": {
-            k: {"precision": v[0], "dropout": v[1], "fused_adamw": v[2], "dropout_0": v[3]} for k, v in variants.items()
-        },
+        "setups": _setup_table(variants),
         "mean_real_seq_len": round(real / (steps * batch_size), 2),
         "real_tokens_per_s": {k: round(v, 1) for k, v in rate.items()},
         "steps_per_s": {k: round(steps / min(v), 3) for k, v in total.items()},

@@ -231,9 +231,9 @@ class FastDropout(nn.Module):
 def cloud_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """transformers' attention interface (registered as ``"cloud_sdpa"``): in evaluation SDPA (as ``"sdpa"``, to
     the bit), in training softmax(Q K^T * scaling + mask) with :func:`fast_dropout`, times V, also when nothing is
-    dropped (dropout 0): on a CPU with bf16 autocast SDPA's fused kernel made the shipped-size training step ~1.5x
-    slower than these matrix products (2 threads, Zen 4, 2026-12-07; ``python -m benchmarks.step_variants engine
-    dropout0 dropout0-explicit``)."""
+    dropped (dropout 0): on a CPU with bf16 autocast SDPA's fused kernel made the shipped-size pre-training step
+    without dropout 2.2x slower than these matrix products (141 vs 65 ms, 2 threads, Zen 4, 2026-12-07;
+    ``python -m benchmarks.step_variants engine dropout0 dropout0-sdpa``)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if not module.training:
