@@ -139,39 +139,87 @@ def _check_size(n: int, max_atoms: int | None, name) -> None:
         raise StructureTooLargeError(f"{n} atoms in the cell > max_atoms={max_atoms}", name)
 
 
+class _Unordered(Exception):
+    """Site ``site`` has partial or mixed occupancy (structure_cell turns it into DisorderedStructureError)."""
+
+    def __init__(self, site: int):
+        self.site = site
+
+
+def _site_parts(sites: list) -> tuple[list, list]:
+    """(species, fractional coordinates) of each site of an ordered structure; raises _Unordered(i) for the first
+    site i with partial or mixed occupancy (an amount that is not 1 within 1e-8, NaN included).
+
+    This loop is most of SCOPE's cost beyond spglib's (``python -m benchmarks scope``), so it reads pymatgen's site
+    and Composition attributes directly (a third of the time of the public properties, which wrap them); a
+    pymatgen without them takes the public route, with the same results (tested)."""
+    species, coords = [], []
+    try:
+        for i, site in enumerate(sites):
+            occ = site._species._data
+            if len(occ) != 1:
+                raise _Unordered(i)
+            ((sp, amount),) = occ.items()
+            if amount != 1.0 and not abs(amount - 1.0) <= 1e-8:
+                raise _Unordered(i)
+            species.append(sp)
+            coords.append(site._frac_coords)
+    except AttributeError:
+        return _site_parts_public(sites)
+    return species, coords
+
+
+def _site_parts_public(sites: list) -> tuple[list, list]:
+    """:func:`_site_parts` through pymatgen's public properties."""
+    species, coords = [], []
+    for i, site in enumerate(sites):
+        occ = dict(site.species.items())
+        if len(occ) != 1 or not abs(next(iter(occ.values())) - 1.0) <= 1e-8:
+            raise _Unordered(i)
+        species.append(next(iter(occ)))
+        coords.append(site.frac_coords)
+    return species, coords
+
+
 def structure_cell(structure: Structure, name: object = None, max_atoms: int | None = MAX_ATOMS) -> tuple:
     """Validate a structure and reduce it to the payload spglib needs (raises StructureError).
 
     More than ``max_atoms`` sites (None: no limit) raise StructureTooLargeError before any per-site work."""
     if not isinstance(structure, Structure):
         raise StructureError(f"expected a pymatgen Structure, got {type(structure).__name__}", name)
-    if len(structure) == 0:
+    sites = structure.sites
+    if len(sites) == 0:
         raise StructureError("structure has no sites", name)
-    _check_size(len(structure), max_atoms, name)
+    _check_size(len(sites), max_atoms, name)
+    try:
+        species, coords = _site_parts(sites)
+    except _Unordered as bad:
+        comp = sites[bad.site].species
+        raise DisorderedStructureError(
+            f"site {bad.site} has partial or mixed occupancy ({comp.formula}); SCOPE needs an ordered crystal", name
+        ) from None
+    # Species told apart by identity first (an Element is a singleton), by equality once per distinct object.
+    ids = list(map(id, species))
     unique: dict[Any, int] = {}
     symbols: list[str] = []
-    numbers = np.empty(len(structure), dtype=np.intc)
-    for i, site in enumerate(structure):
-        # Composition's public accessors cost ~10 us each; read its mapping directly when present.
-        occ = getattr(site.species, "_data", None) or dict(site.species.items())
-        if len(occ) != 1 or abs(next(iter(occ.values())) - 1.0) > 1e-8:
-            raise DisorderedStructureError(
-                f"site {i} has partial or mixed occupancy ({site.species.formula}); SCOPE needs an ordered crystal",
-                name,
-            )
-        sp = next(iter(occ))
+    by_id: dict[int, int] = {}
+    for oid, sp in dict(zip(ids, species)).items():  # distinct objects, by first appearance
         k = unique.get(sp)
         if k is None:
-            symbols.append(_species_symbol(sp, i, name))
+            symbols.append(_species_symbol(sp, ids.index(oid), name))
             k = unique[sp] = len(unique) + 1
-        numbers[i] = k
+        by_id[oid] = k
+    numbers = list(map(by_id.__getitem__, ids))
     lattice = structure.lattice.matrix
-    frac = structure.frac_coords
-    if not (np.isfinite(lattice).all() and np.isfinite(frac).all()):
+    frac = np.array(coords, dtype=float)
+    rows = lattice.tolist()
+    if not (all(map(math.isfinite, rows[0] + rows[1] + rows[2])) and np.isfinite(frac).all()):
         raise StructureError("lattice or coordinates contain NaN/inf", name)
-    if abs(np.linalg.det(lattice)) < 1e-6:
+    (a0, a1, a2), (b0, b1, b2), (c0, c1, c2) = rows
+    volume = a0 * (b1 * c2 - b2 * c1) - a1 * (b0 * c2 - b2 * c0) + a2 * (b0 * c1 - b1 * c0)
+    if abs(volume) < 1e-6:
         raise StructureError("lattice vectors are degenerate (zero cell volume)", name)
-    return (name, lattice, frac, numbers, symbols)
+    return (name, lattice, frac, np.array(numbers, dtype=np.intc), symbols)
 
 
 # --------------------------------------------------------------------------- overlapping atoms
@@ -192,6 +240,39 @@ _DENSE_BLOCK = 1 << 15
 #: (a cell thinner than min_distance), or when it would hold more than this many neighbour entries.
 _MAX_IMAGE_FACTOR = 8.0
 _MAX_NEIGHBOUR_ENTRIES = 1 << 23
+
+
+#: Cells with at most this many sites first take the quick pass (:func:`_clear_of_overlap`).
+_QUICK_MAX = 64
+
+
+@functools.lru_cache(maxsize=_QUICK_MAX)
+def _upper_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(n, 1)
+
+
+def _clear_of_overlap(lattice: np.ndarray, frac: np.ndarray, min_distance: float) -> bool:
+    """True when no two sites are closer than ``min_distance``; False when that needs the exact check: a pair
+    near or below the limit, or more than :data:`_QUICK_MAX` sites.
+
+    The pairs i < j in a handful of array operations (about half the time of :func:`_closest_pair_dense`). A
+    cell is cleared only with a margin above the difference that rounding can make between this pass and the
+    exact one (the same differences, a matrix product summed in another order: at most ~1e-15 of the lattice's
+    largest entry, plus the relative rounding of the squares), so it decides nothing the exact check would decide
+    otherwise."""
+    n = len(frac)
+    if n < 2:
+        return True
+    if n > _QUICK_MAX:
+        return False
+    i, j = _upper_pairs(n)
+    d = frac.take(i, 0)
+    d -= frac.take(j, 0)
+    d -= np.rint(d)
+    cart = d @ lattice
+    smallest = float(np.einsum("ij,ij->i", cart, cart).min())
+    slack = 1e-12 * max(map(abs, itertools.chain.from_iterable(lattice.tolist())))
+    return smallest > (min_distance * (1 + 1e-9) + slack) ** 2
 
 
 def _pair_dist2(lattice: np.ndarray, frac: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -279,6 +360,9 @@ def _closest_pair(
     n = len(frac)
     if n < 2:
         return None
+    # The quick pass decides only "no pair is closer"; a pair at the limit is decided (and reported) by the exact paths.
+    if dense_max is None and _clear_of_overlap(lattice, frac, min_distance):
+        return None
     if n <= (_DENSE_MAX if dense_max is None else dense_max):
         best = _closest_pair_dense(lattice, frac)
     else:
@@ -314,25 +398,46 @@ def cell_to_scope(
     max_atoms: int | None = MAX_ATOMS,
 ) -> str:
     """SCOPE string of a validated cell (see :func:`structure_cell`)."""
-    name, lattice, frac, numbers, symbols = cell
+    return _assemble(cell, _dataset(cell, symprec, angle_tolerance, min_distance, max_atoms), variant)
+
+
+def _dataset(cell: tuple, symprec: float, angle_tolerance: float, min_distance: float, max_atoms: int | None):
+    """spglib's dataset of a validated cell, after the size and overlapping-atoms checks (raises StructureError)."""
+    _check_cell(cell, min_distance, max_atoms)
+    return _search(cell, symprec, angle_tolerance)
+
+
+def _check_cell(cell: tuple, min_distance: float, max_atoms: int | None) -> None:
+    name, lattice, frac, numbers, _ = cell
     _check_size(len(numbers), max_atoms, name)
     check_overlap(name, lattice, frac, min_distance)
+
+
+def _search(cell: tuple, symprec: float, angle_tolerance: float):
+    name, lattice, frac, numbers, _ = cell
     try:
         ds = spglib.get_symmetry_dataset((lattice, frac, numbers), symprec=symprec, angle_tolerance=angle_tolerance)
     except Exception as exc:  # spglib >= 2.5 raises SpglibCppError on cells it cannot search (e.g. 1e12 Å axes)
         raise SymmetryError(f"spglib failed ({type(exc).__name__}: {exc})", name) from exc
     if ds is None:
         raise SymmetryError(f"spglib could not determine the space group (symprec={symprec})", name)
+    return ds
+
+
+def _assemble(cell: tuple, ds, variant: str) -> str:
+    """The SCOPE string of a cell from its spglib dataset."""
+    _, _, _, numbers, symbols = cell
     spg = int(ds.number)
     wsym = _wyckoff_symbols()[spg]
     if variant == "reduced":
-        wyckoff = " ".join(dict.fromkeys(wsym[w] for w in ds.wyckoffs))
+        wyckoff = " ".join(dict.fromkeys(map(wsym.__getitem__, ds.wyckoffs)))
     elif variant == "full":
         wyckoff = " ".join(f"{wsym[w]} {symbols[k - 1]}" for w, k in zip(ds.wyckoffs, numbers))
     else:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    # Composition in pymatgen's order: species by first appearance, summed per element.
-    counts = np.bincount(numbers)[1:]
+    # Composition in pymatgen's order: species by first appearance, summed per element (Python numbers: the same
+    # IEEE values as numpy's scalars, at a fraction of their cost).
+    counts = np.bincount(numbers).tolist()[1:]
     total = float(len(numbers))
     fractions: dict[str, float] = {}
     for sym, c in zip(symbols, counts):
@@ -589,6 +694,40 @@ def _encode_item(
         return cell_to_scope(cell, variant, symprec, angle_tolerance, max_atoms=max_atoms), None
     except Exception as exc:  # StructureError, or anything unexpected: keep going, say what it was
         return None, _error_text(exc)
+
+
+#: Items a block of :func:`_encode_items` takes through each stage.
+_STAGE_BLOCK = 32
+
+
+def _encode_items(pairs: list, variant: str, symprec: float, angle_tolerance: float, max_atoms: int | None) -> list:
+    """``_encode_item`` for each ``(id, item)`` pair (same rows, never raises), stage by stage over the block:
+    every item is validated, then every valid cell checked and searched by spglib, then every string assembled.
+    Item by item, each spglib search evicts the Python work's code and data from the core's caches and that work
+    costs about twice what it costs alone; stage by stage it stays warm (``python -m benchmarks.scope_versions``,
+    data/corpus_scale/README.md). The worker pool stays item by item: it marks which item a worker is on."""
+    out: list = [None] * len(pairs)
+
+    def stage(work: list, fn) -> list:
+        """``(i, value, fn(value))`` for each ``(i, value)`` whose ``fn`` succeeds; a failure is row i's error."""
+        done = []
+        for i, value in work:
+            try:
+                done.append((i, value, fn(value)))
+            except Exception as exc:  # StructureError, or anything unexpected: keep going, say what it was
+                out[i] = (None, _error_text(exc))
+        return done
+
+    def validate(pair: tuple) -> tuple:
+        name, item = pair
+        return item if isinstance(item, tuple) else structure_cell(as_structure(item, name, max_atoms), name, max_atoms)
+
+    cells = [(i, cell) for i, _, cell in stage(list(enumerate(pairs)), validate)]
+    checked = [(i, cell) for i, cell, _ in stage(cells, lambda cell: _check_cell(cell, MIN_DISTANCE, max_atoms))]
+    found = [(i, (cell, ds)) for i, cell, ds in stage(checked, lambda cell: _search(cell, symprec, angle_tolerance))]
+    for i, _, scope in stage(found, lambda found: _assemble(*found, variant)):
+        out[i] = (scope, None)
+    return out
 
 
 def _encode_payload(payload: bytes, settings: tuple) -> tuple[str | None, str | None]:
@@ -892,9 +1031,10 @@ def scope_table(
             results = _run_executor(items, settings, executor, int(chunksize), bar)
         elif not pooled:
             results = []
-            for k, v in items:
-                results.append(_encode_item(k, v, *settings))
-                bar.update(1)
+            for start in range(0, len(items), _STAGE_BLOCK):
+                block = items[start : start + _STAGE_BLOCK]
+                results += _encode_items(block, *settings)
+                bar.update(len(block))
         else:
             workers = max(1, min(jobs, len(items)))
             chunk = max(1, min(chunksize, -(-len(items) // (2 * workers))))
@@ -911,7 +1051,20 @@ def _encode_payloads(payloads: list, settings: tuple) -> list:
     """One task of :func:`scope_table` on an executor: ``_encode_item`` for each pickled ``(id, item)`` payload,
     unpickled here one at a time (a payload that does not unpickle is its own error row). Never raises for an
     item, so an exception of the task is the infrastructure's (a worker that died, a lost connection)."""
-    return [_encode_payload(payload, settings) for payload in payloads]
+    out: list = [None] * len(payloads)
+    where, pairs = [], []
+    for k, payload in enumerate(payloads):
+        try:
+            pairs.append(pickle.loads(payload))
+            where.append(k)
+        except Exception as exc:
+            out[k] = (None, _error_text(exc))
+    for start in range(0, len(pairs), _STAGE_BLOCK):  # stage by stage, as in this process (_encode_items)
+        for k, row in zip(
+            where[start : start + _STAGE_BLOCK], _encode_items(pairs[start : start + _STAGE_BLOCK], *settings)
+        ):
+            out[k] = row
+    return out
 
 
 def _dask_client(executor):

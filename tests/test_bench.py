@@ -94,6 +94,10 @@ def test_scope_bench_identical_output():
     parts = r["jobs=1 microseconds a structure (best of the repeats)"]
     assert parts["spglib floor"] > 0 and parts["validation (structure_cell)"] > 0
     assert parts["overlap check (check_overlap)"] > 0 and parts["cloudlib jobs=1"] >= parts["spglib floor"] * 0.5
+    chunked = r["jobs=1 vs spglib floor, chunk by chunk"]
+    us = chunked["microseconds a structure (sum of each chunk's best)"]
+    assert chunked["jobs=1 / spglib floor"] == round(us["spglib floor"] / us["cloudlib jobs=1"], 3)
+    assert 0.5 * us["spglib floor"] < us["cloudlib jobs=1"] < 3 * us["spglib floor"]  # both timed the same 30
 
 
 def test_finetune_bench_structure(scope_strings):

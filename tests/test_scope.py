@@ -595,3 +595,86 @@ def test_overlap_benchmark_runs():
     }
     assert row["343 atoms"]["all pairs"]["not run"].startswith("first array 24 n^2 B = 0.003 GiB")
     assert all(v["neighbour list"]["seconds"] > 0 for v in row.values())
+
+
+# --------------------------------------------------------------------------- the fast path (issue 15): same rows
+
+
+def test_staged_blocks_give_the_rows_of_one_item_at_a_time(tmp_path, dielectric_structures, monkeypatch):
+    """``_encode_items`` (validation, checks, spglib, strings: stage by stage over a block) gives, row for row, what
+    ``_encode_item`` gives for each item alone, with every kind of failure mixed in, across block boundaries."""
+    import cloudlib.scope as scope
+
+    good = list(dielectric_structures["structure"].head(70))
+    squeezed = nacl()
+    squeezed.append("Na", [0.01, 0, 0])  # overlapping atoms
+    bad_cif = tmp_path / "bad.cif"
+    bad_cif.write_text("garbage")
+    bad = [
+        Structure(Lattice.cubic(4), [{"Fe": 0.5}], [[0, 0, 0]]),
+        squeezed,
+        Structure(Lattice.cubic(4), [DummySpecies("X")], [[0, 0, 0]]),
+        str(bad_cif),
+        {"not": "a structure"},
+        42,
+        scope.structure_cell(nacl(), "cell"),  # an already validated cell (the executors' payloads)
+        Structure(Lattice([[1e12, 0, 0], [0, 1e12, 0], [0, 0, 1e12]]), ["Na"], [[0, 0, 0]]),
+    ]
+    items = [(f"i{k}", x) for k, x in enumerate(good[:5] + bad + good[5:] + bad[::-1])]
+    settings = ("reduced", 0.01, 5.0, scope.MAX_ATOMS)
+    alone = [scope._encode_item(name, item, *settings) for name, item in items]
+    kinds = {err.split(":")[0] for _, err in alone if err is not None}
+    assert {"DisorderedStructureError", "OverlappingAtomsError", "UnknownSpeciesError", "StructureParseError"} <= kinds
+    assert sum(err is not None for _, err in alone) >= 2 * 6  # the six that are not crystals (the 1e12 A cell may be)
+    monkeypatch.setattr(scope, "_STAGE_BLOCK", 16)
+    table = scope_table(dict(items), jobs=1, progress=False)
+    assert list(zip(table["scope"], table["error"])) == alone
+    assert scope._encode_items(items, *settings) == alone
+    full = scope._encode_items(items, "full", 0.01, 5.0, scope.MAX_ATOMS)
+    assert full == [scope._encode_item(name, item, "full", 0.01, 5.0) for name, item in items]
+
+
+def test_site_parts_fast_and_public_routes_agree(dielectric_structures):
+    """The validation reads pymatgen's site attributes directly; the public properties give the same cells."""
+    import cloudlib.scope as scope
+
+    structures = list(dielectric_structures["structure"].head(100))
+    for s in structures:
+        fast, public = scope._site_parts(s.sites), scope._site_parts_public(s.sites)
+        assert fast[0] == public[0] and np.array_equal(fast[1], public[1])
+    mixed = Structure(Lattice.cubic(4), ["Na", {"Na": 0.5, "K": 0.5}], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    for route in (scope._site_parts, scope._site_parts_public):
+        with pytest.raises(scope._Unordered) as info:
+            route(mixed.sites)
+        assert info.value.site == 1
+
+    class PublicOnly:  # a pymatgen whose sites keep their data elsewhere: the public route, same result
+        def __init__(self, site):
+            self.species, self.frac_coords = site.species, site.frac_coords
+
+    s = structures[0]
+    fast = scope._site_parts(s.sites)
+    other = scope._site_parts([PublicOnly(site) for site in s.sites])
+    assert fast[0] == other[0] and np.array_equal(fast[1], other[1])
+
+
+def test_quick_overlap_pass_decides_nothing_at_the_limit():
+    """Two atoms at, or within rounding of, min_distance are left to the exact check, which decides as the all-pairs
+    reference does; atoms clearly apart are cleared, also in a 10^7 A cell."""
+    from benchmarks.overlap import all_pairs_closest
+    from cloudlib.scope import _clear_of_overlap, check_overlap
+
+    for scale in (1.0, 1e6):
+        lattice = np.eye(3) * 10.0 * scale
+        for gap, clear in ((0.5, False), (0.5 * (1 + 1e-12), False), (0.5 * (1 - 1e-12), False), (0.6, True)):
+            frac = np.array([[0.1, 0.2, 0.3], [0.1 + gap / (10.0 * scale), 0.2, 0.3]])
+            assert _clear_of_overlap(lattice, frac, 0.5) is clear
+            ref = all_pairs_closest(lattice, frac, 0.5)
+            if ref is None:
+                check_overlap("x", lattice, frac, 0.5)
+            else:
+                with pytest.raises(OverlappingAtomsError):
+                    check_overlap("x", lattice, frac, 0.5)
+    assert (
+        _clear_of_overlap(np.eye(3) * 3, np.random.default_rng(0).uniform(size=(65, 3)), 0.5) is False
+    )  # > _QUICK_MAX
