@@ -104,30 +104,41 @@ def process_scaling_ceiling(n: int = 3_000_000, jobs: int = 2, repeats: int = 3)
     return one / many
 
 
-def _chunked_floor_ratio(items: dict, cells: list, run_chunk, floor, repeats: int, chunk: int = 100) -> dict:
-    """jobs=1 against the spglib floor, the noise of a shared machine taken out: the two alternate on the same
-    chunks of ``chunk`` structures and each chunk's fastest repeat counts (whole passes of a VM with busy
-    neighbours differ by several per cent from one repeat to the next, more than the gap measured here)."""
+def chunk_times(methods: dict, n: int, chunk: int, repeats: int) -> tuple[dict, dict]:
+    """Methods ``fn(a, b)`` over the items ``a:b``, in turns on the same chunks of ``chunk`` items, ``repeats`` times,
+    the cyclic garbage collector paused while timing: (name -> seconds as an array [repeat, chunk], name -> each
+    chunk's output of the first repeat). Summing each chunk's best takes out the noise of a shared machine: whole
+    passes of a VM with busy neighbours differ by several per cent from one repeat to the next."""
     import gc
 
-    keys = list(items)
-    spans = [(a, min(a + chunk, len(keys))) for a in range(0, len(keys), chunk)]
-    best = {"spglib floor": [float("inf")] * len(spans), "cloudlib jobs=1": [float("inf")] * len(spans)}
-    for _ in range(repeats):
+    spans = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+    times = {name: np.full((repeats, len(spans)), np.inf) for name in methods}
+    first: dict = {name: [] for name in methods}
+    for r in range(repeats):
         for s, (a, b) in enumerate(spans):
-            for name, fn, arg in (
-                ("cloudlib jobs=1", run_chunk, {k: items[k] for k in keys[a:b]}),
-                ("spglib floor", floor, cells[a:b]),
-            ):
+            for name, fn in methods.items():
                 gc.collect()
                 gc.disable()
                 try:
                     t = time.perf_counter()
-                    fn(arg)
-                    best[name][s] = min(best[name][s], time.perf_counter() - t)
+                    out = fn(a, b)
+                    times[name][r, s] = time.perf_counter() - t
                 finally:
                     gc.enable()
-    us = {k: 1e6 * sum(v) / len(keys) for k, v in best.items()}
+                if r == 0:
+                    first[name].append(out)
+    return times, first
+
+
+def _chunked_floor_ratio(items: dict, cells: list, run_chunk, floor, repeats: int, chunk: int = 100) -> dict:
+    """jobs=1 against the spglib floor chunk by chunk (:func:`chunk_times`), each chunk's best repeat counts."""
+    keys = list(items)
+    methods = {
+        "cloudlib jobs=1": lambda a, b: run_chunk({k: items[k] for k in keys[a:b]}),
+        "spglib floor": lambda a, b: floor(cells[a:b]),
+    }
+    times, _ = chunk_times(methods, len(keys), chunk, repeats)
+    us = {k: 1e6 * v.min(axis=0).sum() / len(keys) for k, v in times.items()}
     return {
         "chunk": chunk,
         "microseconds a structure (sum of each chunk's best)": {k: round(v, 1) for k, v in us.items()},

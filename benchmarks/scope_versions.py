@@ -18,17 +18,16 @@ is paid per chunk by both versions. The two versions' strings and errors must be
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.util
 import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.bench import chunk_times
 from benchmarks.scope_executors import machine
 
 
@@ -59,7 +58,6 @@ def compare(rev: str, n: int = 1000, repeats: int = 9, chunk: int = 100) -> dict
     cells = [
         (s.lattice.matrix, s.frac_coords, np.array([site.specie.Z for site in s], dtype=np.intc)) for s in structures
     ]
-    spans = [(a, min(a + chunk, len(items))) for a in range(0, len(items), chunk)]
     methods = {
         "spglib floor": lambda a, b: [
             spglib.get_symmetry_dataset(c, symprec=0.01, angle_tolerance=5.0) for c in cells[a:b]
@@ -67,21 +65,8 @@ def compare(rev: str, n: int = 1000, repeats: int = 9, chunk: int = 100) -> dict
         rev: lambda a, b: old.scope_table(dict(items[a:b]), jobs=1, progress=False),
         "this checkout": lambda a, b: scope_table(dict(items[a:b]), jobs=1, progress=False),
     }
-    times = {m: np.full((repeats, len(spans)), np.inf) for m in methods}
-    tables: dict[str, list] = {rev: [], "this checkout": []}
-    for r in range(repeats):
-        for s, (a, b) in enumerate(spans):
-            for name, fn in methods.items():
-                gc.collect()
-                gc.disable()
-                try:
-                    t = time.perf_counter()
-                    out = fn(a, b)
-                    times[name][r, s] = time.perf_counter() - t
-                finally:
-                    gc.enable()
-                if r == 0 and name in tables:
-                    tables[name] += list(zip(out["scope"], out["error"]))
+    times, first = chunk_times(methods, len(items), chunk, repeats)
+    tables = {m: [row for t in first[m] for row in zip(t["scope"], t["error"])] for m in (rev, "this checkout")}
     us = {m: 1e6 * t.min(axis=0).sum() / len(items) for m, t in times.items()}
     floor = us["spglib floor"]
     return {

@@ -398,22 +398,19 @@ def cell_to_scope(
     max_atoms: int | None = MAX_ATOMS,
 ) -> str:
     """SCOPE string of a validated cell (see :func:`structure_cell`)."""
-    return _assemble(cell, _dataset(cell, symprec, angle_tolerance, min_distance, max_atoms), variant)
-
-
-def _dataset(cell: tuple, symprec: float, angle_tolerance: float, min_distance: float, max_atoms: int | None):
-    """spglib's dataset of a validated cell, after the size and overlapping-atoms checks (raises StructureError)."""
     _check_cell(cell, min_distance, max_atoms)
-    return _search(cell, symprec, angle_tolerance)
+    return _assemble(cell, _search(cell, symprec, angle_tolerance), variant)
 
 
 def _check_cell(cell: tuple, min_distance: float, max_atoms: int | None) -> None:
+    """The size and overlapping-atoms checks of a validated cell (raise StructureError)."""
     name, lattice, frac, numbers, _ = cell
     _check_size(len(numbers), max_atoms, name)
     check_overlap(name, lattice, frac, min_distance)
 
 
 def _search(cell: tuple, symprec: float, angle_tolerance: float):
+    """spglib's dataset of a checked cell (raises SymmetryError)."""
     name, lattice, frac, numbers, _ = cell
     try:
         ds = spglib.get_symmetry_dataset((lattice, frac, numbers), symprec=symprec, angle_tolerance=angle_tolerance)
@@ -700,23 +697,31 @@ def _encode_item(
 _STAGE_BLOCK = 32
 
 
-def _encode_items(pairs: list, variant: str, symprec: float, angle_tolerance: float, max_atoms: int | None) -> list:
-    """``_encode_item`` for each ``(id, item)`` pair (same rows, never raises), stage by stage over the block:
+def _encode_items(
+    pairs: list, variant: str, symprec: float, angle_tolerance: float, max_atoms: int | None, done=None
+) -> list:
+    """``_encode_item`` for each ``(id, item)`` pair (same rows, never raises), stage by stage over blocks of
+    :data:`_STAGE_BLOCK` (``done(k)`` after each block of k, e.g. a progress bar's ``update``):
     every item is validated, then every valid cell checked and searched by spglib, then every string assembled.
     Item by item, each spglib search evicts the Python work's code and data from the core's caches and that work
     costs about twice what it costs alone; stage by stage it stays warm (``python -m benchmarks.scope_versions``,
     data/corpus_scale/README.md). The worker pool stays item by item: it marks which item a worker is on."""
+    if len(pairs) > _STAGE_BLOCK:
+        blocks = (pairs[start : start + _STAGE_BLOCK] for start in range(0, len(pairs), _STAGE_BLOCK))
+        return [
+            row for block in blocks for row in _encode_items(block, variant, symprec, angle_tolerance, max_atoms, done)
+        ]
     out: list = [None] * len(pairs)
 
     def stage(work: list, fn) -> list:
         """``(i, value, fn(value))`` for each ``(i, value)`` whose ``fn`` succeeds; a failure is row i's error."""
-        done = []
+        passed = []
         for i, value in work:
             try:
-                done.append((i, value, fn(value)))
+                passed.append((i, value, fn(value)))
             except Exception as exc:  # StructureError, or anything unexpected: keep going, say what it was
                 out[i] = (None, _error_text(exc))
-        return done
+        return passed
 
     def validate(pair: tuple) -> tuple:
         name, item = pair
@@ -727,6 +732,8 @@ def _encode_items(pairs: list, variant: str, symprec: float, angle_tolerance: fl
     found = [(i, (cell, ds)) for i, cell, ds in stage(checked, lambda cell: _search(cell, symprec, angle_tolerance))]
     for i, _, scope in stage(found, lambda found: _assemble(*found, variant)):
         out[i] = (scope, None)
+    if done is not None:
+        done(len(pairs))
     return out
 
 
@@ -1030,11 +1037,7 @@ def scope_table(
         if executor is not None:
             results = _run_executor(items, settings, executor, int(chunksize), bar)
         elif not pooled:
-            results = []
-            for start in range(0, len(items), _STAGE_BLOCK):
-                block = items[start : start + _STAGE_BLOCK]
-                results += _encode_items(block, *settings)
-                bar.update(len(block))
+            results = _encode_items(items, *settings, done=bar.update)
         else:
             workers = max(1, min(jobs, len(items)))
             chunk = max(1, min(chunksize, -(-len(items) // (2 * workers))))
@@ -1059,11 +1062,8 @@ def _encode_payloads(payloads: list, settings: tuple) -> list:
             where.append(k)
         except Exception as exc:
             out[k] = (None, _error_text(exc))
-    for start in range(0, len(pairs), _STAGE_BLOCK):  # stage by stage, as in this process (_encode_items)
-        for k, row in zip(
-            where[start : start + _STAGE_BLOCK], _encode_items(pairs[start : start + _STAGE_BLOCK], *settings)
-        ):
-            out[k] = row
+    for k, row in zip(where, _encode_items(pairs, *settings)):  # stage by stage, as in this process
+        out[k] = row
     return out
 
 
